@@ -1,0 +1,245 @@
+"""Typed run configuration: `DataConfig`, `ModelConfig`, `TrainConfig` inside one `RunConfig`.
+
+Every run writes its resolved `RunConfig` to `config.json`; a trained model is rebuilt from that
+file plus `model.safetensors` alone. Loading validates every field (type, range, known choice)
+and reports each problem in one clear line, so a hand-edited or foreign config never reaches
+the model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from vaelab.errors import ConfigError
+
+# Bumped whenever the meaning of a saved field changes; configs from a newer version are refused.
+CONFIG_VERSION = 1
+
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz"]
+Binarize = Literal["none", "dynamic", "static"]
+ArchName = Literal["mlp", "conv"]
+LikelihoodName = Literal["gaussian", "bernoulli"]
+Activation = Literal["relu", "tanh", "elu", "gelu"]
+Objective = Literal["elbo", "iwae"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are presented to the model."""
+
+    dataset: DatasetName = "digits"
+    data_dir: Optional[str] = None  # mnist / fashion-mnist IDX files, or the image folder
+    data_path: Optional[str] = None  # npz file
+    image_size: Optional[int] = None  # folder: resize to this (default 28)
+    channels: Optional[int] = None  # folder: 1 or 3 (default 1)
+    binarize: Binarize = "none"
+    val_fraction: float = 0.1  # share of the training split held out for validation
+    split_seed: int = 0  # fixes the train/validation split and the static binarisation
+
+    def validate(self) -> None:
+        if self.image_size is not None and not 4 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size must be between 4 and 1024, got {self.image_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: architecture, latent size, likelihood p(x|z), optional label conditioning."""
+
+    arch: ArchName = "mlp"
+    latent_dim: int = 2  # the paper's Fig. 2 plots a 2-D latent space
+    # mlp: hidden layer widths; conv: channels of the stride-2 convs. Empty = the architecture's
+    # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
+    hidden: list[int] = field(default_factory=list)
+    activation: Activation = "relu"
+    likelihood: LikelihoodName = "gaussian"  # gaussian = the paper's MSE criterion
+    # Fixed std of the gaussian likelihood. 1/sqrt(2) makes -log p(x|z) = sum of squared errors
+    # + a constant, i.e. exactly the paper's summed-MSE criterion.
+    gaussian_std: float = 1 / math.sqrt(2)
+    conditional: bool = False  # condition encoder and decoder on the label (CVAE)
+    # Filled in from the data when training starts; saved so the model can be rebuilt alone.
+    image_shape: Optional[list[int]] = None  # [C, H, W]
+    num_classes: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.latent_dim <= 4096:
+            raise ConfigError(f"latent_dim must be between 1 and 4096, got {self.latent_dim}")
+        if len(self.hidden) > 16 or any(h < 1 or h > 65536 for h in self.hidden):
+            raise ConfigError(f"hidden must be at most 16 sizes in 1..65536, got {self.hidden}")
+        if not 0.0 < self.gaussian_std <= 100.0:
+            raise ConfigError(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
+        if self.image_shape is not None:
+            if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1:
+                raise ConfigError(f"image_shape must be [C, H, W] with C in (1, 3), got {self.image_shape}")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: Adam, epochs, batch, objective, schedule, safety and speed switches."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    seed: int = 0
+    beta: float = 1.0  # weight on the KL term (beta-VAE when != 1)
+    kl_warmup_epochs: float = 0.0  # linearly ramp the KL weight from 0 to beta over this many epochs
+    objective: Objective = "elbo"
+    iw_samples_train: int = 1  # K for --objective iwae
+    # Piecewise-constant learning-rate schedule: [[epochs, lr_multiplier], ...]; empty = constant.
+    lr_schedule: list[list[float]] = field(default_factory=list)
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
+    device: Device = "auto"
+    precision: Precision = "fp32"  # bf16 autocast is a speed lever, off by default
+    compile: bool = False  # torch.compile the model (fails soft)
+    threads: int = 0  # torch intra-op threads; 0 = leave PyTorch's default
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (0.0 < self.lr <= 10.0) or not math.isfinite(self.lr):
+            raise ConfigError(f"lr must be in (0, 10], got {self.lr}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not 0.0 < self.adam_eps < 1.0:
+            raise ConfigError(f"adam_eps must be in (0, 1), got {self.adam_eps}")
+        if not (0.0 <= self.beta <= 1000.0):
+            raise ConfigError(f"beta must be in [0, 1000], got {self.beta}")
+        if self.kl_warmup_epochs < 0:
+            raise ConfigError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if not 1 <= self.iw_samples_train <= 10000:
+            raise ConfigError(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
+        for item in self.lr_schedule:
+            if len(item) != 2 or item[0] <= 0 or item[1] <= 0:
+                raise ConfigError(f"lr_schedule entries must be [epochs > 0, multiplier > 0], got {item}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; written to `<run>/config.json`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = CONFIG_VERSION
+    vaelab_version: str = ""
+
+    def validate(self) -> RunConfig:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        if self.model.conditional and self.model.num_classes == 1:
+            raise ConfigError("a conditional model needs a labelled dataset with at least 2 classes")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> RunConfig:
+        """Build and validate a config from parsed JSON/TOML; one clear error per problem."""
+        if not isinstance(raw, dict):
+            raise ConfigError("config must be a JSON object")
+        version = raw.get("version", CONFIG_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError(f"config 'version' must be an integer, got {version!r}")
+        if version > CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {version} is newer than this vaelab understands ({CONFIG_VERSION}); "
+                "upgrade vaelab to load it"
+            )
+        return _build(cls, raw, "").validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_dict(raw)
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    """Recursively check `raw` against the dataclass `cls` and construct it."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'")
+    kwargs = {}
+    for name in known & set(raw):
+        kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check one value against its type hint (Literal, Optional, list, dataclass, scalars)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config '{where}' must be an object")
+        return _build(hint, value, where + ".")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"config '{where}' must be one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config '{where}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config '{where}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config '{where}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config '{where}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config '{where}' must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config '{where}' must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,39 @@
+"""Datasets: each kind loads once into uint8 tensors (N, C, H, W) held in memory.
+
+`DATASETS` maps a `--dataset` name to a loader `DataConfig -> ImageData`; adding a dataset is
+adding one entry. Batches are sliced from these tensors (see `batches.py`): no per-sample Python
+work ever runs in the training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vaelab.config import DataConfig
+from vaelab.data.base import ImageData, Split, apply_static_binarization
+from vaelab.data.digits import load_digits
+from vaelab.data.folder import load_folder
+from vaelab.data.mnist import load_fashion_mnist, load_mnist
+from vaelab.data.npz import load_npz
+from vaelab.errors import DataError
+
+DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+    "folder": load_folder,
+    "npz": load_npz,
+}
+
+
+def load_data(cfg: DataConfig) -> ImageData:
+    """Load the dataset named in `cfg`, split it, and apply static binarisation if asked."""
+    if cfg.dataset not in DATASETS:
+        raise DataError(f"unknown dataset '{cfg.dataset}'; choose from {', '.join(DATASETS)}")
+    data = DATASETS[cfg.dataset](cfg)
+    if cfg.binarize == "static":
+        data = apply_static_binarization(data, seed=cfg.split_seed)
+    return data
+
+
+__all__ = ["DATASETS", "ImageData", "Split", "load_data"]

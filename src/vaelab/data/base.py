@@ -1,0 +1,106 @@
+"""The in-memory dataset container and the split helpers shared by every loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from vaelab.errors import DataError
+
+
+@dataclass
+class Split:
+    """One split: `images` uint8 (N, C, H, W); `labels` int64 (N,) or None when unlabelled."""
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class ImageData:
+    """Train / validation / test splits of one dataset, all of the same image shape."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split '{name}'; choose train, val or test")
+        return getattr(self, name)
+
+
+def to_nchw(images: np.ndarray, where: str) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, C) uint8 array -> contiguous uint8 tensor (N, C, H, W)."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None, :, :]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{where}: images must be N×H×W or N×H×W×C (C = 1 or 3), got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{where}: contains no images")
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def to_labels(labels: Optional[np.ndarray], n: int, where: str) -> Optional[torch.Tensor]:
+    """Flatten (N,) or (N, 1) integer labels to int64 (N,); check their count."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be N integers, got shape {labels.shape} dtype {labels.dtype}")
+    if labels.shape[0] != n:
+        raise DataError(f"{where}: {labels.shape[0]} labels for {n} images")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split off a seeded random `fraction` of `split` -> (rest, held_out); both non-empty."""
+    n = len(split)
+    n_out = int(round(n * fraction))
+    if n < 2:
+        raise DataError(f"need at least 2 images to make a validation split, got {n}")
+    n_out = min(max(n_out, 1), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    keep, out = order[n_out:].sort().values, order[:n_out].sort().values
+
+    def take(idx: torch.Tensor) -> Split:
+        return Split(split.images[idx], None if split.labels is None else split.labels[idx])
+
+    return take(keep), take(out)
+
+
+def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
+    """One fixed Bernoulli(grey) draw per pixel, seeded, so every epoch sees the same bits."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+
+    def binarize(split: Split) -> Split:
+        probs = split.images.float().div_(255.0)
+        bits = torch.bernoulli(probs, generator=gen).to(torch.uint8).mul_(255)
+        return Split(bits, split.labels)
+
+    return ImageData(data.name, binarize(data.train), binarize(data.val), binarize(data.test), data.class_names)

@@ -1,0 +1,83 @@
+"""A folder of PNG/JPEG/TIFF images; one level of sub-folders = class labels (optional).
+
+Either all images lie directly in the folder (unlabelled) or all lie in sub-folders, one per
+class (labels = sorted sub-folder names). Hidden files are ignored; any other file that is not a
+readable image is an error naming the file, so a stray file never silently shrinks the data.
+The images are split into train / validation / test (10% test, `val_fraction` validation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.config import DataConfig
+from vaelab.data.base import ImageData, Split, holdout, to_labels
+from vaelab.data.images import IMAGE_EXTENSIONS, load_image
+from vaelab.errors import DataError
+
+TEST_FRACTION = 0.1
+DEFAULT_SIZE = 28
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = [p for p in _visible(folder) if p.is_file()]
+    bad = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if bad:
+        raise DataError(
+            f"{bad[0]} is not an image file ({len(bad)} such file(s) in {folder}); "
+            f"allowed: {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return files
+
+
+def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """List the image files under `root` and their labels (None when unlabelled)."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    entries = _visible(root)
+    subdirs = [p for p in entries if p.is_dir()]
+    top_files = _image_files(root)
+    if subdirs and top_files:
+        raise DataError(
+            f"{root} mixes images and sub-folders; put all images in class sub-folders or none"
+        )
+    if not subdirs:
+        if not top_files:
+            raise DataError(f"image folder {root} contains no images")
+        return top_files, None, []
+    files: list[Path] = []
+    labels: list[int] = []
+    class_names = [d.name for d in subdirs]
+    for label, sub in enumerate(subdirs):
+        if any(p.is_dir() for p in _visible(sub)):
+            raise DataError(f"{sub} contains sub-folders; only one level of class folders is supported")
+        sub_files = _image_files(sub)
+        files += sub_files
+        labels += [label] * len(sub_files)
+    if not files:
+        raise DataError(f"image folder {root} contains no images")
+    return files, labels, class_names
+
+
+def load_folder(cfg: DataConfig) -> ImageData:
+    if cfg.data_dir is None:
+        raise DataError("--dataset folder needs --data-dir DIR (a folder of images)")
+    root = Path(cfg.data_dir).expanduser()
+    files, labels, class_names = scan_folder(root)
+    size = cfg.image_size or DEFAULT_SIZE
+    channels = cfg.channels or 1
+    images = np.stack([load_image(p, size, channels) for p in files])  # (N, C, S, S) uint8
+    if len(images) < 3:
+        raise DataError(f"image folder {root} has {len(images)} image(s); need at least 3 (train/val/test)")
+    import torch
+
+    full = Split(torch.from_numpy(images), to_labels(None if labels is None else np.array(labels), len(images), str(root)))
+    rest, test = holdout(full, TEST_FRACTION, seed=cfg.split_seed + 1)
+    train, val = holdout(rest, cfg.val_fraction, seed=cfg.split_seed)
+    return ImageData("folder", train, val, test, class_names)

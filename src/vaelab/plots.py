@@ -1,0 +1,176 @@
+"""Figures: image grids and the run folder's standard plots (matplotlib, Agg backend).
+
+Paper Fig. 2 -> `latent_figure` (test-set codes coloured by label); paper Fig. 3 ->
+`reconstruction_figure` (inputs above their reconstructions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vaelab.latent import EncodedSplit, Projection  # noqa: E402
+
+MIN_TILE = 56  # tiles are upscaled (nearest) to at least this many pixels so 8×8 digits are visible
+
+
+def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> uint8 grid (rows*H', nrow*W', 3) with `nrow` images per row."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = images.shape
+    scale = max(1, math.ceil(MIN_TILE / max(h, w)))
+    if scale > 1:
+        images = images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        h, w = h * scale, w * scale
+    if c == 1:
+        images = images.expand(n, 3, h, w)
+    rows = math.ceil(n / nrow)
+    grid = torch.full((3, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    Image.fromarray(image_grid(images, nrow)).save(path)
+    return Path(path)
+
+
+def latent_figure(encoded: EncodedSplit, projection: Projection, path: str | Path,
+                  class_names: Sequence[str] = (), title: str = "Latent codes of the test set") -> Path:
+    """Scatter of the posterior means (projected to 2-D when D > 2), coloured by label."""
+    coords = projection(encoded.mean).numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if encoded.labels is not None:
+        labels = encoded.labels.numpy()
+        cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap=cmap, s=3, alpha=0.7,
+                        vmin=-0.5, vmax=labels.max() + 0.5)
+        bar = fig.colorbar(sc, ax=ax, ticks=range(int(labels.max()) + 1))
+        if class_names:
+            bar.ax.set_yticklabels(list(class_names)[: int(labels.max()) + 1])
+    else:
+        ax.scatter(coords[:, 0], coords[:, 1], s=3, alpha=0.6)
+    d = encoded.mean.shape[1]
+    ax.set_xlabel("z[0]" if d <= 2 else "PC 1 of the posterior means")
+    ax.set_ylabel("z[1]" if d <= 2 else "PC 2 of the posterior means")
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 16,
+                       generator: Optional[torch.Generator] = None) -> Path:
+    """Histogram of sampled codes h = sigma*N + mu per dimension, over the N(0, 1) density.
+
+    Dimensions are ordered by average KL (most informative first); at most `max_dims` shown.
+    """
+    std = (0.5 * encoded.log_var).exp()
+    codes = encoded.mean + std * torch.randn(encoded.mean.shape, generator=generator)
+    order = encoded.kl_per_dim().argsort(descending=True)[:max_dims].tolist()
+    cols = min(4, len(order))
+    rows = math.ceil(len(order) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    grid = np.linspace(-4, 4, 200)
+    density = np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi)
+    for ax, d in zip(axes.flat, order):
+        ax.hist(codes[:, d].numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.6)
+        ax.plot(grid, density, color="black", lw=1.2, label="N(0, 1)")
+        ax.set_title(f"z[{d}]", fontsize=9)
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Latent codes of the test set per dimension, against the prior")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def reconstruction_figure(inputs: torch.Tensor, recons: torch.Tensor, path: str | Path) -> Path:
+    """Paper Fig. 3: the row of inputs above the row of their reconstructions."""
+    n = inputs.shape[0]
+    return save_grid(torch.cat([inputs, recons]), path, nrow=n)
+
+
+def manifold_grid_codes(steps: int, dims: tuple[int, int], latent_dim: int,
+                        base: Optional[torch.Tensor] = None, edge: float = 0.05) -> torch.Tensor:
+    """(steps², D) codes on a grid through the N(0, 1) quantiles in `dims`, other dims = base."""
+    quantiles = torch.linspace(edge, 1 - edge, steps)
+    values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)  # (steps,)
+    z = (torch.zeros(latent_dim) if base is None else base.clone()).repeat(steps * steps, 1)
+    ys, xs = torch.meshgrid(values.flip(0), values, indexing="ij")  # top row = high z[j]
+    z[:, dims[0]] = xs.reshape(-1)
+    z[:, dims[1]] = ys.reshape(-1)
+    return z
+
+
+def loss_figure(metrics_path: str | Path, path: str | Path) -> Path:
+    """Train and validation loss per epoch from metrics.jsonl."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats per image)")
+    ax.set_title("Loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+@torch.inference_mode()
+def write_run_figures(model, data, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
+                      seed: int = 0) -> list[Path]:
+    """Write every standard figure of a run into RUN/figures/."""
+    from vaelab.data.batches import to_float
+    from vaelab.latent import encode_split, fit_projection
+
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    test = data.test
+    encoded = encode_split(model, test)
+    projection = fit_projection(encoded.mean)
+    written = [latent_figure(encoded, projection, fig_dir / "latent.png", data.class_names),
+               latent_hist_figure(encoded, fig_dir / "latent_hist.png", generator=gen)]
+    n = min(n_recon, len(test))
+    x = to_float(test.images[:n]).to(model.device)
+    y = None if test.labels is None else test.labels[:n].to(model.device)
+    written.append(reconstruction_figure(x, model.reconstruct(x, y if model.conditional else None),
+                                         fig_dir / "reconstructions.png"))
+    y_s = None
+    if model.conditional:
+        y_s = torch.arange(n_samples) % model.num_classes
+    samples = model.sample(n_samples, y_s, generator=gen)
+    written.append(save_grid(samples, fig_dir / "samples.png", nrow=int(math.sqrt(n_samples))))
+    if model.latent_dim == 2:
+        steps = 15
+        z = manifold_grid_codes(steps, (0, 1), 2).to(model.device)
+        y_m = torch.zeros(len(z), dtype=torch.long) if model.conditional else None
+        written.append(save_grid(model.decode_images(z, y_m), fig_dir / "manifold.png", nrow=steps))
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size:
+        written.append(loss_figure(metrics, fig_dir / "loss.png"))
+    return written

@@ -1,0 +1,75 @@
+"""The run folder: what a training run writes, and how a trained model is loaded back.
+
+    RUN/config.json            the resolved RunConfig (rebuilds the model)
+    RUN/model.safetensors      final weights
+    RUN/checkpoint.safetensors last training checkpoint (for --resume)
+    RUN/metrics.jsonl          one JSON line per epoch
+    RUN/figures/*.png          latent.png, latent_hist.png, reconstructions.png, samples.png,
+                               manifold.png (2-D latents), loss.png
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from vaelab.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, load_weights
+from vaelab.config import RunConfig
+from vaelab.errors import RunError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+FIGURES_DIR = "figures"
+# Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
+RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
+                 "tensorboard", "export")
+
+
+def default_run_dir(dataset: str) -> Path:
+    return Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    """Create `out` for a new run; refuse to touch an existing run unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise RunError(
+                f"run folder {out} already exists and is not empty; use --force to overwrite it, "
+                f"--resume {out} to continue it, or another --out"
+            )
+        for name in RUN_ARTIFACTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FIGURES_DIR).mkdir(exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Load a trained model from a run folder: `config.json` + `model.safetensors` -> VAE in eval mode."""
+    from vaelab.models import VAE
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder not found: {run_dir}")
+    cfg = RunConfig.load(run_dir / CONFIG_FILE)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise RunError(f"{run_dir} has no {WEIGHTS_FILE}: training did not finish (try --resume {run_dir})")
+    model = VAE(cfg.model)
+    load_weights(model, weights)
+    model.run_config = cfg  # type: ignore[attr-defined]
+    return model.to(device).eval()
