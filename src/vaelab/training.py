@@ -38,7 +38,8 @@ from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES
 from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir
 
-ProgressHook = Callable[[dict[str, Any]], None]
+# Called after every epoch with the metrics row and the model (in eval mode).
+ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
 def pick_device(name: str) -> torch.device:
@@ -235,7 +236,7 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, *, resume_from: Optiona
             print(f"epoch {epoch + 1}/{tc.epochs}  train {train_loss:.3f}  val {val['loss']:.3f} "
                   f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {seconds:.1f}s", flush=True)
         if hook is not None:
-            hook(row)
+            hook(row, model)
         state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], seconds=0.0)
         order = None
         checkpoint()

@@ -77,7 +77,8 @@ def load_folder(cfg: DataConfig) -> ImageData:
         raise DataError(f"image folder {root} has {len(images)} image(s); need at least 3 (train/val/test)")
     import torch
 
-    full = Split(torch.from_numpy(images), to_labels(None if labels is None else np.array(labels), len(images), str(root)))
+    label_array = None if labels is None else np.array(labels)
+    full = Split(torch.from_numpy(images), to_labels(label_array, len(images), str(root)))
     rest, test = holdout(full, TEST_FRACTION, seed=cfg.split_seed + 1)
     train, val = holdout(rest, cfg.val_fraction, seed=cfg.split_seed)
     return ImageData("folder", train, val, test, class_names)

@@ -26,7 +26,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in KEYS if k not in archive.files]
             if missing:
-                raise DataError(f"{path} is missing key(s): {', '.join(missing)} (MedMNIST format needs {', '.join(KEYS)})")
+                needed = ", ".join(KEYS)
+                raise DataError(f"{path} is missing key(s): {', '.join(missing)} (MedMNIST format needs {needed})")
             return {k: archive[k] for k in KEYS}
     except DataError:
         raise
