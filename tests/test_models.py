@@ -88,6 +88,9 @@ def test_likelihoods_match_torch_distributions():
     bern = LIKELIHOODS["bernoulli"]()
     bits = torch.bernoulli(x)
     torch.testing.assert_close(bern.log_prob(bits, logits), Independent(Bernoulli(logits=logits), 3).log_prob(bits))
+    # K decodings per image (the importance-sampling path that avoids expanding x).
+    many = torch.randn(6, 4, 1, 5, 5) * 4
+    torch.testing.assert_close(bern.log_prob(bits, many), Independent(Bernoulli(logits=many), 3).log_prob(bits))
     gauss = LIKELIHOODS["gaussian"](gaussian_std=0.3)
     mean = torch.rand(4, 1, 5, 5)
     ref = Independent(Normal(mean, torch.full_like(mean, 0.3)), 3).log_prob(x)

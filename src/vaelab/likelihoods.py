@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 
 class Likelihood:
+    """Base class: p(x|z) given the decoder's raw output; see the module docstring."""
+
     name: str = ""
     discrete: bool = False
 
@@ -35,6 +37,8 @@ class Likelihood:
 
 
 class Bernoulli(Likelihood):
+    """Independent Bernoulli pixels; the parameter is the logits."""
+
     name = "bernoulli"
     discrete = True
 
@@ -45,16 +49,24 @@ class Bernoulli(Likelihood):
         return raw  # logits
 
     def log_prob(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        x = x.expand_as(param) if x.shape != param.shape else x
-        # Fused and numerically stable: no sigmoid followed by log.
-        bce = F.binary_cross_entropy_with_logits(param, x, reduction="none")
-        return -bce.flatten(-3).sum(-1)
+        if x.shape == param.shape:
+            # Fused and numerically stable: no sigmoid followed by log.
+            bce = F.binary_cross_entropy_with_logits(param, x, reduction="none")
+            return -bce.flatten(-3).sum(-1)
+        # K decodings per image (importance sampling): x (B, C, H, W), logits l (K, B, C, H, W).
+        # log p = sum_d x_d·l_d - softplus(l_d); the first sum is a batched dot product, so x is
+        # never expanded K times (half the memory traffic of BCE on an expanded x).
+        logits = param.flatten(-3)  # (K, B, D)
+        xl = torch.einsum("bd,kbd->kb", x.flatten(-3).to(logits.dtype), logits)
+        return xl - F.softplus(logits).sum(-1)
 
     def mean(self, param: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(param)
 
 
 class Gaussian(Likelihood):
+    """Independent Gaussian pixels with a fixed std; the parameter is the mean in (0, 1)."""
+
     name = "gaussian"
     discrete = False
 
@@ -78,4 +90,5 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {"bernoulli": Bernoulli, "gaussian": 
 
 
 def build_likelihood(name: str, gaussian_std: float) -> Likelihood:
+    """The registered likelihood `name` (see `LIKELIHOODS`)."""
     return LIKELIHOODS[name](gaussian_std=gaussian_std)

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 
 from vaelab.models.posterior import DiagonalGaussian, standard_normal_log_prob
 
+if TYPE_CHECKING:
+    from vaelab.models import VAE
+
 
 class LossParts(NamedTuple):
+    """What every objective returns: the loss to minimise and its named parts."""
+
     loss: torch.Tensor  # scalar to minimise (batch mean)
     recon: torch.Tensor  # scalar: mean over the batch of -log p(x|z)
     kl: torch.Tensor  # scalar: mean over the batch of KL(q(z|x) || p(z))
 
 
-def elbo_loss(model, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:
+def elbo_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:
     """Negative ELBO with a beta-weighted KL. x (B, C, H, W) -> scalars."""
     posterior = model.encode(x, y)
     z = posterior.sample()  # (B, D): h = sigma * N + mu
@@ -36,7 +41,7 @@ def elbo_loss(model, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, nu
     return LossParts(recon + beta * kl, recon, kl)
 
 
-def log_importance_weights(model, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int,
+def log_importance_weights(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int,
                            posterior: Optional[DiagonalGaussian] = None,
                            generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K draws z_k ~ q(z|x) -> (K, B)."""
@@ -47,7 +52,7 @@ def log_importance_weights(model, x: torch.Tensor, y: Optional[torch.Tensor], nu
     return log_px_z + standard_normal_log_prob(z) - posterior.log_prob(z)
 
 
-def iwae_loss(model, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:
+def iwae_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:
     """Negative IWAE bound -L_K (beta is ignored: the bound has no separate KL weight).
 
     The reported parts are those of the ELBO on the same draws, for comparison with `elbo`.

@@ -17,6 +17,8 @@ from vaelab.models.posterior import DiagonalGaussian
 
 @dataclass(frozen=True)
 class Architecture:
+    """One `--arch` entry: its encoder and decoder classes and default hidden sizes."""
+
     encoder: type[nn.Module]
     decoder: type[nn.Module]
     default_hidden: tuple[int, ...]

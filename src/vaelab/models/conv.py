@@ -26,6 +26,8 @@ def spatial_sizes(height: int, width: int, n_layers: int) -> list[tuple[int, int
 
 
 class ConvEncoder(nn.Module):
+    """x (B, C, H, W) [+ one-hot label] -> (B, 2*D) = [mean | log_var]."""
+
     def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], latent_dim: int, cond_dim: int,
                  activation: str) -> None:
         super().__init__()
@@ -47,6 +49,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
+    """z (..., D) [+ one-hot label] -> raw output (..., C, H, W) at the exact input size."""
+
     def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], latent_dim: int, cond_dim: int,
                  activation: str) -> None:
         super().__init__()

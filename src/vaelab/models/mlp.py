@@ -20,6 +20,8 @@ def _stack(sizes: list[int], activation: str) -> list[nn.Module]:
 
 
 class MLPEncoder(nn.Module):
+    """x (B, C, H, W) [+ one-hot label] -> (B, 2*D) = [mean | log_var]."""
+
     def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], latent_dim: int, cond_dim: int,
                  activation: str) -> None:
         super().__init__()
@@ -35,6 +37,8 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
+    """z (..., D) [+ one-hot label] -> raw output (..., C, H, W)."""
+
     def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], latent_dim: int, cond_dim: int,
                  activation: str) -> None:
         super().__init__()

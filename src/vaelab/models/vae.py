@@ -22,10 +22,13 @@ from vaelab.models.posterior import DiagonalGaussian
 
 
 def resolve_hidden(cfg: ModelConfig) -> list[int]:
+    """The hidden sizes to build: the config's, or the architecture's default when empty."""
     return list(cfg.hidden) if cfg.hidden else list(ARCHITECTURES[cfg.arch].default_hidden)
 
 
 class VAE(nn.Module):
+    """Encoder + decoder + likelihood, built from a `ModelConfig`; see the module docstring."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.image_shape is None:
