@@ -21,6 +21,9 @@ from vaelab.errors import ConfigError
 
 # Bumped whenever the meaning of a saved field changes; configs from a newer version are refused.
 CONFIG_VERSION = 1
+MAX_SEED = 2**63  # torch, numpy and Python all accept seeds in 0..2**63-1
+# A hand-edited or hostile config must not make `VAE(...)` allocate until the machine dies.
+MAX_PARAMETERS = 2_000_000_000
 
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz"]
 Binarize = Literal["none", "dynamic", "static"]
@@ -44,14 +47,21 @@ class DataConfig:
     binarize: Binarize = "none"
     val_fraction: float = 0.1  # share of the training split held out for validation
     split_seed: int = 0  # fixes the train/validation split and the static binarisation
+    # folder: map 16-bit / float intensities [low, high] -> 0..255 (clipped); None = min..max per image
+    intensity_window: Optional[list[float]] = None
 
     def validate(self) -> None:
+        if self.intensity_window is not None and (
+                len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]):
+            raise ConfigError(f"intensity_window must be [low, high] with low < high, got {self.intensity_window}")
         if self.image_size is not None and not 4 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be between 4 and 1024, got {self.image_size}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.split_seed < MAX_SEED:
+            raise ConfigError(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
 
 
 @dataclass
@@ -81,10 +91,15 @@ class ModelConfig:
         if not 0.0 < self.gaussian_std <= 100.0:
             raise ConfigError(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
         if self.image_shape is not None:
-            if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1:
-                raise ConfigError(f"image_shape must be [C, H, W] with C in (1, 3), got {self.image_shape}")
-        if self.num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+            if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1 \
+                    or max(self.image_shape[1:]) > 4096:
+                raise ConfigError(f"image_shape must be [C, H, W] with C in (1, 3) and H, W in 1..4096, "
+                                  f"got {self.image_shape}")
+            if approx_parameters(self) > MAX_PARAMETERS:
+                raise ConfigError(f"this model would have about {approx_parameters(self):.3g} parameters "
+                                  f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
+        if not 0 <= self.num_classes <= 100_000:
+            raise ConfigError(f"num_classes must be in 0..100000, got {self.num_classes}")
 
 
 @dataclass
@@ -109,6 +124,7 @@ class TrainConfig:
     precision: Precision = "fp32"  # bf16 autocast is a speed lever, off by default
     compile: bool = False  # torch.compile the model (fails soft)
     threads: int = 0  # torch intra-op threads; 0 = leave PyTorch's default
+    tensorboard: bool = False  # also log scalars and images to <run>/tensorboard (vaelab.tracking)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -136,6 +152,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError(f"seed must be in 0..2**63-1, got {self.seed}")
 
 
 @dataclass
@@ -168,8 +186,8 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError("config must be a JSON object")
         version = raw.get("version", CONFIG_VERSION)
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ConfigError(f"config 'version' must be an integer, got {version!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"config 'version' must be a positive integer, got {version!r}")
         if version > CONFIG_VERSION:
             raise ConfigError(
                 f"config version {version} is newer than this vaelab understands ({CONFIG_VERSION}); "
@@ -193,9 +211,12 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     """Recursively check `raw` against the dataclass `cls` and construct it."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"config keys must be strings, got {odd[0]!r} in '{prefix.rstrip('.') or 'config'}'")
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'")
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}")  # repr: a key may hold anything
     kwargs = {}
     for name in known & set(raw):
         kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
@@ -235,11 +256,43 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config '{where}' must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"config '{where}' must be finite, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"config '{where}' must be a finite number, got {_short(value)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"config '{where}' must be a string, got {value!r}")
         return value
     return value
+
+
+def approx_parameters(model: ModelConfig) -> float:
+    """An upper-bound estimate of the model's parameter count, from the config alone (no allocation)."""
+    if model.image_shape is None:
+        return 0.0
+    c, h, w = (float(v) for v in model.image_shape)
+    hidden = [float(v) for v in model.hidden] or ([512.0, 256.0] if model.arch == "mlp" else [32.0, 64.0, 128.0])
+    extra = float(model.num_classes if model.conditional else 0)
+    latent = float(model.latent_dim)
+    if model.arch == "mlp":
+        widths = [c * h * w + extra, *hidden, 2 * latent + extra]
+        return 2.0 * sum((a + 1) * (b + 1) for a, b in zip(widths, widths[1:]))
+    # conv: 3x3 (counted as 4x4) kernels between channel pairs, both ways, plus the dense layers
+    # between the last feature map (each stride-2 conv halves H and W, rounding up) and the latent
+    # code, via a dense width counted as 512 (models/conv.py uses 256).
+    channels = [c, *hidden]
+    convs = sum(16 * (a + 1) * b for a, b in zip(channels, channels[1:]))
+    fh, fw = h, w
+    for _ in hidden:
+        fh, fw = math.ceil(fh / 2), math.ceil(fw / 2)
+    dense = (hidden[-1] * fh * fw + extra + 1) * 512 + 513 * (2 * latent + extra)
+    return 2.0 * (convs + dense)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, load_weights
+from vaelab.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, load_weights, remove_stale_temp_files
 from vaelab.config import RunConfig
 from vaelab.errors import RunError
 
@@ -42,12 +42,16 @@ def prepare_run_dir(out: Path, force: bool) -> None:
                 f"run folder {out} already exists and is not empty; use --force to overwrite it, "
                 f"--resume {out} to continue it, or another --out"
             )
-        for name in RUN_ARTIFACTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        try:
+            for name in RUN_ARTIFACTS:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+            remove_stale_temp_files(out)  # half-written files a killed run left behind
+        except OSError as exc:
+            raise RunError(f"cannot clear run folder {out} for --force: {exc.strerror or exc}") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / FIGURES_DIR).mkdir(exist_ok=True)

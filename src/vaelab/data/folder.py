@@ -72,7 +72,8 @@ def load_folder(cfg: DataConfig) -> ImageData:
     files, labels, class_names = scan_folder(root)
     size = cfg.image_size or DEFAULT_SIZE
     channels = cfg.channels or 1
-    images = np.stack([load_image(p, size, channels) for p in files])  # (N, C, S, S) uint8
+    window = None if cfg.intensity_window is None else (cfg.intensity_window[0], cfg.intensity_window[1])
+    images = np.stack([load_image(p, size, channels, window) for p in files])  # (N, C, S, S) uint8
     if len(images) < 3:
         raise DataError(f"image folder {root} has {len(images)} image(s); need at least 3 (train/val/test)")
     import torch

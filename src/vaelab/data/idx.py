@@ -2,11 +2,12 @@
 
 Layout: 2 zero bytes, a type code (0x08 = uint8), the number of dimensions, then one big-endian
 uint32 per dimension, then the data. Every malformed file is a `DataError` naming the file.
+Decompression stops at `MAX_IDX_BYTES`, so a gzip bomb fails fast instead of filling memory.
 """
 
 from __future__ import annotations
 
-import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import numpy as np
 from vaelab.errors import DataError
 
 _UINT8 = 0x08
+MAX_IDX_BYTES = 2 * 1024**3  # 2 GiB: ~40x MNIST's training images, far above any IDX set vaelab targets
 
 
-def parse_idx(raw: bytes, where: str = "IDX data") -> np.ndarray:
+def parse_idx(raw: bytes, where: str = "IDX data", max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Decode IDX bytes (already decompressed) into a uint8 array of the declared shape."""
     if len(raw) < 4:
         raise DataError(f"{where}: too short to be an IDX file ({len(raw)} bytes)")
@@ -32,7 +34,9 @@ def parse_idx(raw: bytes, where: str = "IDX data") -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{where}: truncated header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # exact Python int: four 2**32-1 dims must not wrap around
+    if expected > max_bytes:
+        raise DataError(f"{where}: header declares {expected} bytes of data, more than the {max_bytes} allowed")
     body = len(raw) - header
     if body != expected:
         kind = "truncated" if body < expected else "has trailing bytes"
@@ -40,25 +44,39 @@ def parse_idx(raw: bytes, where: str = "IDX data") -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file from disk; `.gz` files are decompressed first."""
+def gunzip_bounded(raw: bytes, where: str, max_bytes: int = MAX_IDX_BYTES) -> bytes:
+    """Decompress (possibly multi-member) gzip `raw`, refusing output beyond `max_bytes`."""
+    out = bytearray()
+    while raw:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: expect a gzip header
+        try:
+            out += inflater.decompress(raw, max_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise DataError(f"{where}: corrupt gzip data ({exc})") from None
+        if len(out) > max_bytes:
+            raise DataError(f"{where}: decompresses to more than {max_bytes} bytes; refusing it")
+        if not inflater.eof:
+            raise DataError(f"{where}: corrupt gzip data (the compressed stream is truncated)")
+        raw = inflater.unused_data.lstrip(b"\x00")  # next member, if any (zero padding is allowed)
+    return bytes(out)
+
+
+def read_idx(path: Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file from disk; gzip-compressed files are decompressed first."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
-    return parse_idx(raw, str(path))
+        raw = gunzip_bounded(raw, str(path), max_bytes)
+    return parse_idx(raw, str(path), max_bytes)
 
 
 def read_images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a matching (N, H, W) image file and (N,) label file; their counts must agree."""
     images = read_idx(images_path)
     labels = read_idx(labels_path)
-    if images.ndim != 3:
+    if images.ndim != 3 or min(images.shape[1:]) < 1:
         raise DataError(f"{images_path}: expected N×H×W images, got shape {images.shape}")
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: expected N labels, got shape {labels.shape}")

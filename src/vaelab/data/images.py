@@ -8,6 +8,7 @@ High-bit-depth images (16-bit PNG, 16/32-bit and float TIFF) are scaled to 0..25
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +37,11 @@ def decode_image(
 ) -> np.ndarray:
     """Decode a path or file-like object -> uint8 array (channels, size, size)."""
     try:
-        with Image.open(source) as img:
+        with warnings.catch_warnings():
+            # PIL warns (on stderr) above ~89 M pixels; MAX_PIXELS refuses such images with one clear error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+        with img:
             if img.width * img.height > MAX_PIXELS:
                 raise DataError(f"{where}: image too large ({img.width}×{img.height})")
             img.load()  # forces full decoding now, so a truncated file fails here

@@ -145,6 +145,10 @@ def load_idx_dataset(source: IdxSource, cfg: DataConfig) -> ImageData:
     test_x, test_y = read_images_and_labels(paths["test_images"], paths["test_labels"])
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(f"{source.name}: train images are {train_x.shape[1:]} but test images {test_x.shape[1:]}")
+    for labels, path in ((train_y, paths["train_labels"]), (test_y, paths["test_labels"])):
+        if labels.size and int(labels.max()) >= len(source.class_names):
+            raise DataError(f"{path}: label {int(labels.max())} is out of range; {source.name} has "
+                            f"{len(source.class_names)} classes (0..{len(source.class_names) - 1})")
     full = Split(to_nchw(train_x, source.name), to_labels(train_y, len(train_x), source.name))
     test = Split(to_nchw(test_x, source.name), to_labels(test_y, len(test_x), source.name))
     train, val = holdout(full, cfg.val_fraction, seed=cfg.split_seed)

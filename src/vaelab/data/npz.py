@@ -1,12 +1,16 @@
 """MedMNIST-format `.npz`: `{train,val,test}_images` (N×H×W or N×H×W×3 uint8) and `_labels`.
 
 Labels may be (N,) or (N, 1); multi-label (N, K>1) arrays are rejected with a clear message.
-The file is opened with `allow_pickle=False`: an object array never executes anything.
+The file is opened with `allow_pickle=False`: an object array never executes anything. Each
+array's header is checked before it is read, so a hostile file cannot make vaelab allocate more
+than `MAX_NPZ_BYTES` (a compressed array of zeros can declare any shape).
 """
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +20,39 @@ from vaelab.data.base import ImageData, Split, to_labels, to_nchw
 from vaelab.errors import DataError
 
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+MAX_NPZ_BYTES = 8 * 1024**3  # all six arrays together
+MAX_CLASSES = 100_000
+
+
+def _check_headers(path: Path) -> None:
+    """Read each .npy header in the archive: refuse pickled object arrays and absurd sizes up front."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        for key in KEYS:
+            if f"{key}.npy" not in names:
+                continue
+            with archive.open(f"{key}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise DataError(f"{path}:{key} is an object array (pickled Python objects); "
+                                "vaelab never unpickles data, save plain numeric arrays")
+            total += math.prod(shape) * dtype.itemsize
+    if total > MAX_NPZ_BYTES:
+        raise DataError(f"{path}: its arrays declare {total} bytes, more than the {MAX_NPZ_BYTES} allowed")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Load the six MedMNIST arrays from `path`, refusing pickles and missing keys."""
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz file (not a zip archive of .npy arrays)")
     try:
+        _check_headers(path)
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in KEYS if k not in archive.files]
             if missing:
@@ -31,8 +61,10 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: archive[k] for k in KEYS}
     except DataError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, KeyError, RuntimeError,
+            NotImplementedError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"{path} is not a readable .npz file ({first})") from None
 
 
 def load_npz(cfg: DataConfig) -> ImageData:
@@ -50,4 +82,6 @@ def load_npz(cfg: DataConfig) -> ImageData:
     if len(shapes) != 1:
         raise DataError(f"{path}: train/val/test images differ in shape: {sorted(shapes)}")
     num_classes = int(max(int(s.labels.max()) for s in splits.values() if s.labels is not None)) + 1
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"{path}: label {num_classes - 1} is too large (at most {MAX_CLASSES} classes)")
     return ImageData("npz", splits["train"], splits["val"], splits["test"], [str(i) for i in range(num_classes)])
