@@ -3,6 +3,16 @@
 `train(cfg, out)` starts a run; `resume(run_dir)` continues one from its last checkpoint. Both
 end in `_fit`, which owns the loop: set-up, then per epoch (learning rate, batches with the
 loss/step/log, validation, metrics line, checkpoint), then the final weights and figures.
+
+Speed (measured in benchmarks/train_speed.py; numbers in the README's performance section): the
+split is one uint8 tensor and each batch one gather from it (on a GPU the split is moved there
+once); Adam uses its fused kernel; the running sums stay on the device and the loop reads them
+back only to check for divergence (every step on a CPU, where that is nearly free; every
+`GPU_CHECK_EVERY` steps on a GPU, where each read is a sync); the global gradient norm is only
+computed when `--grad-clip` asks for it. `--precision bf16` and `--compile` are opt-in.
+
+Under `torchrun` the same loop runs on every process with DistributedDataParallel (see
+`vaelab.distributed`): each rank takes its rows of every global batch and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,30 +34,58 @@ from vaelab.checkpoint import (
     CHECKPOINT_FILE,
     WEIGHTS_FILE,
     atomic_write_text,
+    checkpoint_position,
+    divergence_message,
     load_checkpoint,
+    remove_stale_temp_files,
     save_checkpoint,
     save_weights,
 )
 from vaelab.config import RunConfig
 from vaelab.data import ImageData, load_data
-from vaelab.data.batches import iterate_batches
-from vaelab.errors import ConfigError, DivergenceError, RunError
+from vaelab.data.batches import iterate_batches, to_device
+from vaelab.distributed import (
+    DistContext,
+    StepLoss,
+    all_reduce_sum,
+    close_process_group,
+    context_from_env,
+    device_for,
+    first_error,
+    init_process_group,
+    wrap_ddp,
+)
+from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.models import VAE
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES
 from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir
 
-# Called after every epoch with the metrics row and the model (in eval mode).
+# Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
 ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
+
+# On a GPU, reading the running loss back to the host is a sync; look every this many steps (a
+# NaN stays NaN in the running sums, so a later look still catches it).
+GPU_CHECK_EVERY = 100
+# Validation batch: large on a GPU (one big matmul beats ten), moderate on a CPU.
+EVAL_BATCH = {"cuda": 10000, "cpu": 1000}
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
+    """`--device` auto/cpu/cuda -> a torch.device (auto = cuda when available)."""
+    return device_for(name, DistContext())
+
+
+def make_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    """Adam with its fused kernel (one kernel per parameter tensor: about 30% faster training
+    steps on a CPU than the default); the default implementation where PyTorch has no fused
+    kernel for the device (PyTorch < 2.4 on a CPU)."""
+    kwargs = dict(lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,10 +133,22 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
     data = data if data is not None else load_data(cfg.data)
     cfg = finalize_config(cfg, data)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.data.dataset)
-    prepare_run_dir(run_dir, force)
-    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
-    atomic_write_text(run_dir / METRICS_FILE, "")
-    return _fit(cfg, run_dir, data, resume_from=None, progress=progress, hook=hook)
+    ctx = context_from_env()  # torchrun's rank and world size (rank 0 of 1 otherwise)
+    device = device_for(cfg.train.device, ctx)
+    init_process_group(ctx, device)
+    try:
+        error = None
+        if ctx.is_main:  # only rank 0 writes the run folder
+            try:
+                prepare_run_dir(run_dir, force)
+                atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+                atomic_write_text(run_dir / METRICS_FILE, "")
+            except VaelabError as exc:
+                error = exc
+        first_error(error, ctx, device)  # every rank stops if rank 0 could not set up
+        return _fit(cfg, run_dir, data, ctx, device, resume_from=None, progress=progress, hook=hook)
+    finally:
+        close_process_group(ctx)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] = None,
@@ -111,52 +161,77 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] 
     checkpoint = run_dir / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise RunError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from")
+    ctx = context_from_env()
+    if ctx.is_main:
+        remove_stale_temp_files(run_dir)  # debris of a write that a kill interrupted
     if epochs is not None:
+        done = (checkpoint_position(checkpoint) or {}).get("epoch", 0)
+        if epochs < done:
+            raise ConfigError(f"--epochs {epochs} is fewer than the {done} epochs {run_dir} has already trained")
         cfg.train.epochs = epochs
         cfg.validate()
-        atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+        if ctx.is_main:
+            atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
     data = load_data(cfg.data)
-    return _fit(cfg, run_dir, data, resume_from=checkpoint, progress=progress, hook=hook)
+    device = device_for(cfg.train.device, ctx)
+    init_process_group(ctx, device)
+    try:
+        return _fit(cfg, run_dir, data, ctx, device, resume_from=checkpoint, progress=progress, hook=hook)
+    finally:
+        close_process_group(ctx)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: its epoch is redone anyway
+            continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
 
 
 def _append_line(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:  # e.g. a full disk: a partial line is dropped on resume
+        raise RunError(f"cannot write {path}: {exc.strerror or exc}; the last checkpoint is intact, "
+                       f"continue with --resume {path.parent}") from None
 
 
-def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, *, resume_from: Optional[Path], progress: bool,
-         hook: Optional[ProgressHook]) -> Path:
+def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,
+         resume_from: Optional[Path], progress: bool, hook: Optional[ProgressHook]) -> Path:
     from tqdm.auto import tqdm
 
     tc = cfg.train
+    main = ctx.is_main  # rank 0 writes files and prints; every rank trains
+    progress = progress and main
     # ---- set-up: device, seeds, model, optimiser, data order ----------------------------------
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
     model = VAE(cfg.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+    optimizer = make_optimizer(model, tc)
     data_gen = torch.Generator().manual_seed(tc.seed)  # data order + dynamic binarisation
-    objective = OBJECTIVES[tc.objective]
-    step_fn = model
-    if tc.compile:
-        step_fn = _try_compile(model)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     dynamic = cfg.data.binarize == "dynamic"
     use_labels = model.conditional
-    n_train = len(data.train)
+    # The training split as uint8 on the device, moved once (a no-op on a CPU).
+    train_split = to_device(data.train, device)
+    n_train = len(train_split)
     batches_per_epoch = math.ceil(n_train / tc.batch_size)
     warmup_steps = tc.kl_warmup_epochs * batches_per_epoch
+    check_every = 1 if device.type == "cpu" else GPU_CHECK_EVERY
     checkpoint_path = run_dir / CHECKPOINT_FILE
     metrics_path = run_dir / METRICS_FILE
+    if main:
+        from vaelab.tracking import with_tracking
+        hook = with_tracking(cfg, run_dir, data, hook)  # + TensorBoard logging when --tensorboard
 
     # Loop state: everything needed to continue exactly where a checkpoint left off.
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "seconds": 0.0}
@@ -164,13 +239,29 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, *, resume_from: Optiona
     if resume_from is not None:
         state, extra = load_checkpoint(resume_from, model, optimizer, data_gen)
         order = extra.get("order")
-        # Drop metric lines written after the checkpoint (the run died between the two writes).
-        rows = [r for r in _read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        if order is not None and (order.numel() != n_train or order.dtype != torch.int64):
+            raise RunError(f"the training data changed since {resume_from} was written ({n_train} training "
+                           f"images now, {order.numel()} then); resume needs the same data")
+        if main:  # drop metric lines written after the checkpoint (the run died between the two writes)
+            rows = [r for r in _read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.
+    step_loss = wrap_ddp(StepLoss(model, OBJECTIVES[tc.objective], tc.iw_samples_train, ctx), ctx, device)
+    if tc.compile:
+        step_loss = _try_compile(step_loss, train_split, tc, ctx, autocast, use_labels, optimizer)
 
     def checkpoint() -> None:
-        extra = {"order": order} if order is not None else {}
-        save_checkpoint(checkpoint_path, model, optimizer, data_gen, state, extra)
+        if main:
+            extra = {"order": order} if order is not None else {}
+            save_checkpoint(checkpoint_path, model, optimizer, data_gen, state, extra)
+
+    def global_sums(local: torch.Tensor) -> list[float]:
+        """This epoch's (loss, recon, kl) x images summed over all ranks, as floats."""
+        return all_reduce_sum(local.clone(), ctx).tolist()
+
+    if resume_from is None:
+        checkpoint()  # step 0: a run killed before its first step can still be resumed
 
     for epoch in range(state["epoch"], tc.epochs):
         # ---- learning rate for this epoch ------------------------------------------------------
@@ -181,79 +272,107 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, *, resume_from: Optiona
             order = torch.randperm(n_train, generator=data_gen)
         model.train()
         started = time.perf_counter()
-        sums = torch.tensor(state["sums"][:3], dtype=torch.float64)
-        count = int(state["sums"][3])
-        beta = tc.beta
+        # Running (loss, recon, kl) x images of this epoch, on the device: no host sync per step.
+        # A resumed epoch's sums so far are global; rank 0 carries them, the others start at 0.
+        sums = torch.tensor(state["sums"][:3] if main else [0.0] * 3, dtype=torch.float64, device=device)
+        count = int(state["sums"][3])  # images of the global batches so far
+        # The KL weight of the last step taken (the same value when resumed past the epoch's last batch).
+        beta = tc.beta * min(1.0, state["step"] / warmup_steps) if warmup_steps else tc.beta
         bar = tqdm(total=batches_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        batches = iterate_batches(data.train, tc.batch_size, shuffle=True, generator=data_gen,
-                                  dynamic_binarize=dynamic, device=device, start=state["batch"], order=order)
+        batches = iterate_batches(train_split, tc.batch_size, shuffle=True, generator=data_gen,
+                                  dynamic_binarize=dynamic, device=device, start=state["batch"], order=order,
+                                  shard=(ctx.rank, ctx.world_size))
         for x, y in batches:
             # ---- one optimisation step ---------------------------------------------------------
             beta = tc.beta * min(1.0, (state["step"] + 1) / warmup_steps) if warmup_steps else tc.beta
+            global_batch = min(tc.batch_size, n_train - state["batch"] * tc.batch_size)  # x holds our share
             with torch.autocast(**autocast):
-                parts = objective(step_fn, x, y if use_labels else None, beta, tc.iw_samples_train)
+                objective, parts = step_loss(x, y if use_labels else None, beta, global_batch)
             optimizer.zero_grad(set_to_none=True)
-            parts.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-            if not torch.isfinite(parts.loss.detach() + grad_norm):
+            objective.backward()
+            sums += torch.stack([parts.loss.detach(), parts.recon.detach(), parts.kl.detach()]).double() * x.shape[0]
+            # A non-finite loss stays non-finite in the sums. (A non-finite gradient makes the
+            # next loss non-finite; checkpoints refuse non-finite weights in any case.)
+            if (state["step"] + 1) % check_every == 0 and not bool(torch.isfinite(sums[0])):
                 bar.close()
-                where = "the last good checkpoint " + str(checkpoint_path) if checkpoint_path.exists() else \
-                    "no checkpoint yet"
-                raise DivergenceError(
-                    f"training diverged: non-finite loss or gradient at epoch {epoch + 1}, step {state['step'] + 1} "
-                    f"({where}); try a lower --lr or --grad-clip"
-                )
+                raise DivergenceError(divergence_message(epoch + 1, state["step"] + 1, checkpoint_path))
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
-            b = x.shape[0]
-            sums += torch.stack([parts.loss.detach(), parts.recon.detach(), parts.kl.detach()]).double().cpu() * b
-            count += b
+            count += global_batch
             state["batch"] += 1
             state["step"] += 1
             bar.update(1)
-            if state["step"] % 20 == 0:
-                bar.set_postfix(loss=f"{sums[0].item() / count:.2f}")
+            if progress and state["step"] % 20 == 0:
+                bar.set_postfix(loss=f"{sums[0].item() / count * ctx.world_size:.2f}")
             if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
-                state["sums"] = sums.tolist() + [count]
+                state["sums"] = global_sums(sums) + [count]
                 state["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 checkpoint()
         bar.close()
+        totals = global_sums(sums)
+        if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
+            raise DivergenceError(divergence_message(epoch + 1, state["step"], checkpoint_path))
 
-        # ---- validation, metrics line, end-of-epoch checkpoint -------------------------------
+        # ---- validation, metrics line, end-of-epoch checkpoint (rank 0) -----------------------
         model.eval()
-        val = elbo_on_split(model, data.val, dynamic_binarize=dynamic)
-        seconds = state["seconds"] + time.perf_counter() - started
-        train_loss, train_recon, train_kl = (sums / max(count, 1)).tolist()
-        row = {
-            "epoch": epoch + 1, "step": state["step"],
-            "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
-            "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
-            "lr": lr, "beta": beta, "seconds": round(seconds, 4),
-        }
-        _append_line(metrics_path, row)
-        if progress and (tc.epochs <= 20 or (epoch + 1) % max(1, tc.epochs // 10) == 0 or epoch + 1 == tc.epochs):
-            print(f"epoch {epoch + 1}/{tc.epochs}  train {train_loss:.3f}  val {val['loss']:.3f} "
-                  f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {seconds:.1f}s", flush=True)
-        if hook is not None:
-            hook(row, model)
+        if main:
+            val = elbo_on_split(model, data.val, batch_size=EVAL_BATCH.get(device.type, 1000),
+                                dynamic_binarize=dynamic)
+            seconds = state["seconds"] + time.perf_counter() - started
+            train_loss, train_recon, train_kl = (t / max(count, 1) for t in totals)
+            row = {
+                "epoch": epoch + 1, "step": state["step"],
+                "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
+                "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
+                "lr": lr, "beta": beta, "seconds": round(seconds, 4),
+            }
+            _append_line(metrics_path, row)
+            if progress and (tc.epochs <= 20 or (epoch + 1) % max(1, tc.epochs // 10) == 0 or epoch + 1 == tc.epochs):
+                print(f"epoch {epoch + 1}/{tc.epochs}  train {train_loss:.3f}  val {val['loss']:.3f} "
+                      f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {seconds:.1f}s", flush=True)
+            if hook is not None:
+                hook(row, model)
         state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], seconds=0.0)
         order = None
         checkpoint()
 
-    # ---- final weights and figures -------------------------------------------------------------
-    save_weights(model, run_dir / WEIGHTS_FILE)
-    from vaelab.plots import write_run_figures
+    # ---- final weights and figures (rank 0) ----------------------------------------------------
+    if main:
+        save_weights(model, run_dir / WEIGHTS_FILE)
+        from vaelab.plots import write_run_figures
 
-    model.eval()
-    write_run_figures(model, data, run_dir, seed=tc.seed)
+        model.eval()
+        write_run_figures(model, data, run_dir, seed=tc.seed)
     return run_dir
 
 
-def _try_compile(model: torch.nn.Module):
-    """torch.compile when it works here; otherwise fall back to eager, silently and safely."""
+def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autocast: dict, use_labels: bool,
+                 optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+    """`torch.compile` the per-step loss if it compiles and runs here; otherwise eager, with a warning.
+
+    Compilation is lazy (it happens at the first call, the backward graph at the first
+    backward), so a trial forward + backward on the first training batch is run here; its
+    gradients are discarded and the RNG state restored, so the run itself is unaffected.
+    """
+    import warnings
+
+    b = min(tc.batch_size, len(split))  # the first global batch, unshuffled; our rows of it
+    x, y = next(iterate_batches(split, b, shuffle=False, device=split.images.device, shard=(ctx.rank, ctx.world_size)))
+    y = y if use_labels else None
+    rng = torch.get_rng_state()
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(step_loss)
+        with torch.autocast(**autocast):
+            objective, _ = compiled(x, y, tc.beta, b)
+        objective.backward()
         return compiled
-    except Exception:  # noqa: BLE001 - compile support varies by platform; eager always works
-        return model
+    except Exception as exc:  # noqa: BLE001 - compiler support varies by platform; eager always works
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"--compile: torch.compile failed here, training eagerly ({first[:200]})", stacklevel=2)
+        return step_loss
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
