@@ -1,0 +1,119 @@
+"""`vaelab eval RUN`: likelihood bound, ELBO, active units, FID and reconstruction accuracy.
+
+Prints a short table (or JSON with --json) and writes RUN/eval.json. The protocol is in
+`vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vaelab.errors import ConfigError, RunError
+from vaelab.evaluate import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
+
+EVAL_FILE = "eval.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run: L_K likelihood bound, ELBO, active units, FID",
+                       description="Evaluate RUN over a whole split and write RUN/eval.json.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by vaelab train")
+    p.add_argument("--split", default="test", help="test (default) or val")
+    p.add_argument("--iw-samples", default=str(DEFAULT_IW_SAMPLES), metavar="K",
+                   help=f"importance samples K of the bound L_K (default {DEFAULT_IW_SAMPLES}, the standard)")
+    p.add_argument("--batch-size", default="100", metavar="B", help="images per batch (default 100)")
+    p.add_argument("--no-fid", action="store_true", help="skip the classifier: no FID or reconstruction accuracy")
+    p.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run_eval)
+
+
+def _positive_int(text: str, flag: str, upper: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a whole number, got '{text}'") from None
+    if not 1 <= value <= upper:
+        raise ConfigError(f"{flag} must be between 1 and {upper}, got {value}")
+    return value
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    iw_samples = _positive_int(args.iw_samples, "--iw-samples", MAX_IW_SAMPLES)
+    batch_size = _positive_int(args.batch_size, "--batch-size", 100_000)
+    if args.split not in ("test", "val"):
+        raise ConfigError(f"--split must be test or val, got '{args.split}'")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got '{args.device}'")
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder not found: {run_dir}")
+
+    import vaelab
+    from vaelab.data import load_data
+    from vaelab.data.base import apply_static_binarization
+    from vaelab.evaluate import evaluate_model
+    from vaelab.training import pick_device
+
+    model = vaelab.load(run_dir, device=pick_device(args.device))
+    cfg = model.run_config
+    data_cfg = replace(cfg.data, binarize="none")
+    if args.data_dir:
+        data_cfg = replace(data_cfg, data_dir=args.data_dir)
+    grey = load_data(data_cfg)  # grey values: the classifier's input and the FID reference
+    data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
+    if tuple(grey.image_shape) != tuple(model.image_shape):
+        raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
+    progress = not args.quiet and not args.json
+    if progress:
+        print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
+              f"with K = {iw_samples} importance samples ...", flush=True)
+    started = time.perf_counter()
+    result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
+                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["run"] = str(run_dir)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    try:
+        from vaelab.checkpoint import atomic_write_text
+
+        atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        raise RunError(f"cannot write {run_dir / EVAL_FILE}: {exc.strerror or exc}") from None
+    if not args.json and not args.quiet:
+        print(f"wrote {run_dir / EVAL_FILE}")
+    return 0
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """The human-readable table printed by `vaelab eval`."""
+    unit = "nats (density)" if r["note"] else "nats"
+    rows = [
+        (f"nll (-L_{r['iw_samples']})", f"{r['nll']:.3f} {unit} per image (± {r['nll_std_error']:.3f} s.e.)"),
+        ("bits_per_dim", f"{r['bits_per_dim']:.4f}"),
+        ("neg_elbo", f"{r['neg_elbo']:.3f} {unit} (recon {r['recon']:.3f} + kl {r['kl']:.3f})"),
+        ("active_units", f"{r['active_units']} of {r['latent_dim']} (posterior-mean variance > 0.01)"),
+    ]
+    if r["fid"] is not None:
+        rows += [
+            ("fid", f"{r['fid']:.3f} ({r['fid_samples']} samples vs {r['split']} images, vaelab classifier features)"),
+            ("recon_accuracy", f"{r['recon_accuracy']:.4f} (classifier accuracy on real {r['split']} images "
+                               f"{r['classifier_accuracy']:.4f})"),
+        ]
+    else:
+        rows.append(("fid", f"-  ({r.get('fid_skipped', 'skipped')})"))
+    if r["note"]:
+        rows.append(("note", r["note"]))
+    if not math.isfinite(r["nll"]):
+        rows.append(("warning", "the bound is not finite; the model's weights may have diverged"))
+    rows.append(("time", f"{r['seconds']:.1f} s ({r['likelihood_seconds']:.1f} s for the likelihoods)"))
+    header = f"{r['split']} split: {r['num_images']} images, {r['likelihood']} likelihood, binarize={r['binarize']}"
+    return "\n".join([header, *(f"  {label:<20}{value}" for label, value in rows)])
