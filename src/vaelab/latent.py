@@ -1,4 +1,12 @@
-"""Latent-space operations on a trained model: encode a split, project to 2-D, rank dimensions.
+"""Latent-space operations on a trained model: encode, project, rank, walk, traverse, edit.
+
+Two layers, both used by the CLI, the HTML report and the browser explorer:
+
+- code operations on plain tensors (lerp/slerp walks, traversal rows, attribute vectors and
+  edits), which the tests check against closed forms;
+- model-level functions that encode inputs (posterior means), apply one operation, decode, and
+  return an `ImageTable`: the tiles of one figure, the latent code of every tile, and the
+  figure's row and column labels (`plots.labelled_grid` draws it).
 
 The 2-D projection is PCA of the posterior means (identity for 2-D latents), so every figure and
 the browser explorer show the same map.
@@ -6,13 +14,20 @@ the browser explorer show the same map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from vaelab.data.base import Split
-from vaelab.data.batches import iterate_batches
+from vaelab.data.batches import iterate_batches, to_float
+from vaelab.errors import ConfigError, DataError
+
+# ---- encoding a split and the 2-D projection ---------------------------------------------------
 
 
 @dataclass
@@ -69,3 +84,338 @@ def fit_projection(means: torch.Tensor) -> Projection:
     # Fix the sign so the projection is deterministic across runs of the SVD.
     signs = torch.sign(comps[torch.arange(2), comps.abs().argmax(1)])
     return Projection(center, comps * signs[:, None])
+
+
+def rank_dimensions(encoded: EncodedSplit) -> list[int]:
+    """Latent dimensions ordered by average KL to the prior, most informative first."""
+    return encoded.kl_per_dim().argsort(descending=True, stable=True).tolist()
+
+
+def subsample(split: Split, max_images: int, seed: int = 0) -> Split:
+    """A seeded random subset of at most `max_images` (folder splits are sorted by class, so no prefix)."""
+    if len(split) <= max_images:
+        return split
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    return Split(split.images[idx], None if split.labels is None else split.labels[idx])
+
+
+# ---- code operations on plain tensors ----------------------------------------------------------
+
+
+def lerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight line: (D,), (D,), t (S,) -> (S, D) = (1 - t) z_a + t z_b."""
+    t = t[:, None].to(z_a.dtype)
+    return (1 - t) * z_a + t * z_b
+
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical walk: (D,), (D,), t (S,) -> (S, D).
+
+    The direction moves along the great circle from z_a/|z_a| to z_b/|z_b| (Shoemake 1985) and the
+    norm moves linearly from |z_a| to |z_b|, so every point's norm lies between the endpoints'.
+    White 2016 ("Sampling Generative Networks") recommends this for Gaussian latents: their mass
+    sits near a shell, and a straight line between two codes cuts through the rarely-seen interior.
+    (Plain slerp of unnormalised vectors can overshoot both norms when the angle is wide.)
+    """
+    # float64 inside: near-opposite directions leave a tiny orthogonal part that float32 loses.
+    a, b, tt = z_a.double(), z_b.double(), t.double()[:, None]
+    r_a, r_b = a.norm(), b.norm()
+    if min(r_a.item(), r_b.item()) < 1e-12:
+        return lerp(z_a, z_b, t)  # a zero code has no direction
+    u_a, u_b = a / r_a, b / r_b
+    cos = (u_a @ u_b).clamp(-1.0, 1.0)
+    w = u_b - cos * u_a  # the part of u_b orthogonal to u_a; its length is sin(omega)
+    if w.norm().item() > 1e-9:
+        omega = torch.atan2(w.norm(), cos)
+    elif cos.item() > 0:  # the same direction: only the radius moves
+        w, omega = torch.zeros_like(u_a), torch.zeros((), dtype=a.dtype)
+    elif u_a.numel() == 1:
+        return lerp(z_a, z_b, t)  # 1-D with opposite signs: there is no circle to walk
+    else:
+        # Opposite directions: every great circle joins them; take the one through the basis
+        # axis least aligned with u_a.
+        w = torch.zeros_like(u_a)
+        w[int(u_a.abs().argmin())] = 1.0
+        w = w - (w @ u_a) * u_a
+        omega = torch.tensor(math.pi, dtype=a.dtype)
+    if w.norm().item() > 0:
+        w = w / w.norm()
+    direction = torch.cos(tt * omega) * u_a + torch.sin(tt * omega) * w  # (S, D), unit rows
+    radius = (1 - tt) * r_a + tt * r_b  # (S, 1)
+    return (radius * direction).to(z_a.dtype)
+
+
+INTERPOLATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "lerp": lerp,
+    "slerp": slerp,
+}
+
+
+def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:
+    """`steps` codes (steps, D) walking from z_a (first) to z_b (last) by `mode` (lerp or slerp)."""
+    if mode not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation mode '{mode}'; choose {' or '.join(INTERPOLATIONS)}")
+    if steps < 2:
+        raise ConfigError(f"--steps must be at least 2, got {steps}")
+    return INTERPOLATIONS[mode](z_a, z_b, torch.linspace(0.0, 1.0, steps))
+
+
+def traversal_codes(base: torch.Tensor, dims: Sequence[int], offsets: torch.Tensor) -> torch.Tensor:
+    """One row per dim: base (D,) with z[d] = base[d] + offset for each offset (S,) -> (len(dims)*S, D)."""
+    rows = base.repeat(len(dims), offsets.shape[0], 1)  # (R, S, D)
+    for r, d in enumerate(dims):
+        rows[r, :, d] = base[d] + offsets
+    return rows.reshape(-1, base.shape[0])
+
+
+def attribute_vector(from_codes: torch.Tensor, toward_codes: torch.Tensor) -> torch.Tensor:
+    """Mean code of the images with the feature minus that of those without: (N, D), (M, D) -> (D,)."""
+    if len(from_codes) == 0 or len(toward_codes) == 0:
+        raise DataError("an attribute vector needs at least one image on each side")
+    return toward_codes.mean(0) - from_codes.mean(0)
+
+
+def class_mean(encoded: EncodedSplit, label: int) -> torch.Tensor:
+    """Mean posterior mean (D,) of the images of class `label`."""
+    if encoded.labels is None:
+        raise DataError("this dataset has no labels; use --toward-folder/--from-folder for the direction")
+    chosen = encoded.mean[encoded.labels == label]
+    if len(chosen) == 0:
+        raise DataError(f"no images of class {label} to average")
+    return chosen.mean(0)
+
+
+def edit_codes(z: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
+    """z (D,) moved along `direction` (D,) by each strength (S,) -> (S, D) = z + s * direction."""
+    return z + strengths[:, None].to(z.dtype) * direction
+
+
+def random_direction(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A direction uniform on the sphere with the same norm as `like` (D,): the edit's control."""
+    v = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+    return v / v.norm() * like.norm()
+
+
+# ---- inputs: the user's image files in the model's format --------------------------------------
+
+
+def load_image_files(model, paths: Sequence[str | Path]) -> torch.Tensor:
+    """Image files -> float (N, C, H, W) in [0, 1], converted to the model's channels and size."""
+    from vaelab.data.images import load_image
+
+    c, h, w = model.image_shape
+    if h != w:
+        raise DataError(f"image files can only be fed to models of square images; this one is {h}×{w}")
+    return to_float(torch.stack([torch.from_numpy(load_image(p, h, c).copy()) for p in paths]))
+
+
+def load_image_folder(model, folder: str | Path) -> torch.Tensor:
+    """Every image file directly in `folder` -> float (N, C, H, W) in the model's format."""
+    from vaelab.data.images import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return load_image_files(model, files)
+
+
+# ---- model-level operations: encode, operate, decode -> ImageTable ---------------------------
+
+
+@dataclass
+class ImageTable:
+    """The tiles of one figure, `nrow` per row, and the latent code behind every tile.
+
+    `codes[i]` is the code that tile i decodes; an input tile carries its posterior mean.
+    """
+
+    images: torch.Tensor  # (N, C, H, W) in [0, 1], on the CPU
+    nrow: int
+    codes: torch.Tensor  # (N, D)
+    row_labels: list[str] = field(default_factory=list)
+    col_labels: list[str] = field(default_factory=list)
+    title: str = ""
+
+
+def _condition(model, y, n: int, what: str) -> Optional[torch.Tensor]:
+    """Labels (n,) for a conditional model (one label is repeated); None for a plain one."""
+    if not model.conditional:
+        if y is not None:
+            raise ConfigError(f"{what}: a label was given but this run is not conditional "
+                              "(train with --conditional to generate a chosen class)")
+        return None
+    if y is None:
+        raise ConfigError(f"{what}: this run is conditional; give the label (e.g. --label 7)")
+    y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
+    if y.numel() == 1:
+        y = y.expand(n)
+    if y.min() < 0 or y.max() >= model.num_classes:
+        raise ConfigError(f"{what}: label must be in 0..{model.num_classes - 1}")
+    return y.to(model.device)
+
+
+def _decode(model, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    return model.decode_images(z.to(model.device), y).float().cpu()
+
+
+def _encode_means(model, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    return model.encode(x.to(model.device), y).mean.float().cpu()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:+.2g}" if v else "0"
+
+
+@torch.inference_mode()
+def sample_images(model, n: int = 64, temperature: float = 1.0, label: Optional[int] = None, seed: int = 0,
+                  nrow: Optional[int] = None) -> ImageTable:
+    """Decodings of n prior draws z ~ N(0, t² I); a conditional model cycles through its labels
+    unless `label` is given."""
+    if n < 1:
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {temperature}")
+    _check_figure(n, temperature)
+    if model.conditional and label is None:
+        y = torch.arange(n) % model.num_classes  # column c of each row shows class c
+        nrow = nrow or model.num_classes
+    else:
+        y = label
+    y = _condition(model, y, n, "sample")
+    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)) * temperature
+    nrow = nrow or math.ceil(math.sqrt(n))
+    what = f"class {label}" if label is not None else ("one class per column" if model.conditional else "")
+    title = f"Samples from N(0, {temperature:g}² I)" + (f", {what}" if what else "")
+    cols = [str(c) for c in range(nrow)] if model.conditional and label is None else []
+    return ImageTable(_decode(model, z, y), nrow, z, col_labels=cols, title=title)
+
+
+@torch.inference_mode()
+def reconstruct_images(model, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> ImageTable:
+    """Inputs x (B, C, H, W) above the decodings of their posterior means."""
+    y = _condition(model, y, x.shape[0], "reconstruct")
+    z = _encode_means(model, x, y)
+    images = torch.cat([x.float().cpu(), _decode(model, z, y)])
+    return ImageTable(images, x.shape[0], torch.cat([z, z]), ["input", "reconstruction"], [],
+                      "Inputs above their reconstructions")
+
+
+@torch.inference_mode()
+def interpolate_images(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10, mode: str = "lerp",
+                       y_a: Optional[int] = None, y_b: Optional[int] = None) -> ImageTable:
+    """Input A, the decoded walk from A's posterior mean to B's (`steps` codes), input B.
+
+    A conditional model decodes the first half of the walk with A's label, the rest with B's.
+    """
+    _check_figure(steps + 2)
+    y_a_t, y_b_t = _condition(model, y_a, 1, "interpolate"), _condition(model, y_b, 1, "interpolate")
+    z_a = _encode_means(model, x_a[None], y_a_t)[0]
+    z_b = _encode_means(model, x_b[None], y_b_t)[0]
+    walk = interpolate_codes(z_a, z_b, steps, mode)  # (S, D)
+    t = torch.linspace(0.0, 1.0, steps)
+    y = None if y_a_t is None else torch.where(t < 0.5, y_a_t.cpu(), y_b_t.cpu()).to(model.device)
+    images = torch.cat([x_a[None].float().cpu(), _decode(model, walk, y), x_b[None].float().cpu()])
+    codes = torch.cat([z_a[None], walk, z_b[None]])
+    cols = ["A"] + [f"{v:.2g}" for v in t.tolist()] + ["B"]
+    return ImageTable(images, steps + 2, codes, [], cols, f"{mode} from A to B")
+
+
+@torch.inference_mode()
+def traverse_images(model, dims: Sequence[int], base: Optional[torch.Tensor] = None,
+                    span: tuple[float, float] = (-3.0, 3.0), steps: int = 9, y: Optional[int] = None,
+                    kl: Optional[torch.Tensor] = None) -> ImageTable:
+    """One row per dim in `dims`: z[d] = base[d] + offset for `steps` offsets across `span`, the
+    other dims held at `base` (default 0). `kl` (D,) adds each dim's average KL to its row label."""
+    _check_dims(model, dims)
+    if steps < 2:
+        raise ConfigError(f"--steps must be at least 2, got {steps}")
+    _check_figure(len(dims) * steps, float(span[0]), float(span[1]))
+    base = torch.zeros(model.latent_dim) if base is None else base.float().cpu()
+    offsets = torch.linspace(float(span[0]), float(span[1]), steps)
+    codes = traversal_codes(base, dims, offsets)
+    rows = [f"z[{d}]" + (f" KL {kl[d]:.2f}" if kl is not None else "") for d in dims]
+    images = _decode(model, codes, _condition(model, y, len(codes), "traverse"))
+    return ImageTable(images, steps, codes, rows, [_fmt(v) for v in offsets.tolist()],
+                      "Each row moves one latent dimension alone")
+
+
+@torch.inference_mode()
+def manifold_images(model, dims: tuple[int, int] = (0, 1), steps: int = 15, base: Optional[torch.Tensor] = None,
+                    y: Optional[int] = None) -> ImageTable:
+    """Decodings over a grid through the N(0, 1) quantiles of two dims (Kingma & Welling 2013,
+    Fig. 4); the other dims stay at `base` (default 0)."""
+    from vaelab.plots import manifold_grid_codes
+
+    if model.latent_dim < 2:
+        raise ConfigError("a manifold needs at least 2 latent dimensions; use `vaelab traverse`")
+    _check_dims(model, dims)
+    if len(dims) != 2 or dims[0] == dims[1]:
+        raise ConfigError(f"--dims takes two different dimensions, got {list(dims)}")
+    if steps < 2:
+        raise ConfigError(f"--steps must be at least 2, got {steps}")
+    _check_figure(steps * steps)
+    base = None if base is None else base.float().cpu()
+    codes = manifold_grid_codes(steps, (dims[0], dims[1]), model.latent_dim, base)
+    images = _decode(model, codes, _condition(model, y, len(codes), "manifold"))
+    values = codes[:steps, dims[0]].tolist()  # first row: the x values, left to right
+    rows = [f"z[{dims[1]}]={v:.1f}" for v in codes[::steps, dims[1]].tolist()]
+    return ImageTable(images, steps, codes, rows, [f"{v:.1f}" for v in values],
+                      f"z[{dims[0]}] across, z[{dims[1]}] down (Gaussian quantiles)")
+
+
+@torch.inference_mode()
+def edit_images(model, x: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor,
+                y: Optional[int] = None) -> ImageTable:
+    """Input x (C, H, W), then its posterior mean moved by s * direction for each strength s."""
+    _check_figure(len(strengths) + 1, *strengths.tolist(), *direction.tolist())
+    y_t = _condition(model, y, 1, "edit")
+    z = _encode_means(model, x[None], y_t)[0]
+    codes = edit_codes(z, direction.float().cpu(), strengths)
+    images = torch.cat([x[None].float().cpu(), _decode(model, codes, None if y_t is None else y_t.expand(len(codes)))])
+    cols = ["input"] + [f"{s:.3g}" for s in strengths.tolist()]
+    return ImageTable(images, len(codes) + 1, torch.cat([z[None], codes]), [], cols,
+                      "Attribute edit: the code plus strength × direction")
+
+
+@torch.inference_mode()
+def relabel_images(model, x: torch.Tensor, y_from: int, y_to: int, strengths: torch.Tensor) -> ImageTable:
+    """Conditional model: keep x's latent code (its style) and move the label from `y_from` to `y_to`.
+
+    Strength s feeds the decoder the mixed one-hot (1 - s)·e_from + s·e_to (Sohn et al. 2015 train
+    with one-hots only, so s = 0 and s = 1 are the trained cases; values between are a blend).
+    """
+    if not model.conditional:
+        raise ConfigError("changing the label needs a conditional run (train with --conditional)")
+    _condition(model, [y_from, y_to], 2, "edit")
+    _check_figure(len(strengths) + 1, *strengths.tolist())
+    z = _encode_means(model, x[None], torch.tensor([y_from], device=model.device))[0]
+    s = strengths.float()[:, None]
+    onehot = F.one_hot(torch.tensor([y_from, y_to]), model.num_classes).float()
+    cond = (1 - s) * onehot[0] + s * onehot[1]  # (S, num_classes)
+    zs = z.expand(len(s), -1)
+    param = model.likelihood.param(model.decoder(zs.to(model.device), cond.to(model.device)))
+    images = torch.cat([x[None].float().cpu(), model.likelihood.mean(param).float().cpu()])
+    cols = ["input"] + [f"{v:.3g}" for v in strengths.tolist()]
+    return ImageTable(images, len(s) + 1, torch.cat([z[None], zs]), [], cols,
+                      f"Same style, label {y_from} → {y_to}")
+
+
+MAX_TILES = 10_000  # one figure; beyond this a typo (-n 1e7) would only exhaust memory
+
+
+def _check_figure(tiles: int, *numbers: float) -> None:
+    if tiles > MAX_TILES:
+        raise ConfigError(f"that figure would have {tiles} images; at most {MAX_TILES}")
+    if not all(math.isfinite(v) for v in numbers):
+        raise ConfigError("ranges, strengths and temperatures must be finite numbers")
+
+
+def _check_dims(model, dims: Sequence[int]) -> None:
+    bad = [d for d in dims if not 0 <= d < model.latent_dim]
+    if bad:
+        raise ConfigError(f"latent dimension {bad[0]} is out of range: this model has dims 0..{model.latent_dim - 1}")
+    if not dims:
+        raise ConfigError("give at least one latent dimension")

@@ -90,7 +90,9 @@ def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 
     grid = np.linspace(-4, 4, 200)
     density = np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi)
     for ax, d in zip(axes.flat, order):
-        ax.hist(codes[:, d].numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.6)
+        # One filled polygon per histogram, not 60 bar patches: half the figure's drawing time.
+        ax.hist(codes[:, d].numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.6,
+                histtype="stepfilled")
         ax.plot(grid, density, color="black", lw=1.2, label="N(0, 1)")
         ax.set_title(f"z[{d}]", fontsize=9)
         ax.set_yticks([])
@@ -136,6 +138,36 @@ def loss_figure(metrics_path: str | Path, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def labelled_grid(images: torch.Tensor, nrow: int, path: str | Path, row_labels: Sequence[str] = (),
+                  col_labels: Sequence[str] = (), title: str = "") -> Path:
+    """An image grid (see `image_grid`) with a title and labels beside its rows and above its columns.
+
+    The grid is drawn pixel for pixel (the figure is sized to it), so tiles are not resampled.
+    """
+    grid = image_grid(images, nrow)
+    h, w = grid.shape[:2]
+    tile_h = (h - 2) / math.ceil(images.shape[0] / nrow)
+    tile_w = (w - 2) / nrow
+    dpi = 100
+    left = 8 + 7 * max((len(s) for s in row_labels), default=0)  # margins in pixels
+    top = (26 if title else 6) + (16 if col_labels else 0)
+    width, height = w + left + 8, h + top + 6
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes((left / width, 6 / height, w / width, h / height))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([1 + tile_w * (i + 0.5) for i in range(len(col_labels))], list(col_labels), fontsize=8)
+    ax.set_yticks([1 + tile_h * (i + 0.5) for i in range(len(row_labels))], list(row_labels), fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0, pad=2)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 4 / height, va="top")
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return Path(path)
 
