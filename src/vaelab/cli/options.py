@@ -1,23 +1,35 @@
 """The table of training flags: each `--flag` is one dotted config key (also its TOML key).
 
 Precedence, lowest first: dataclass defaults < `--preset` < `--config FILE` < explicit flags.
+A config file is TOML (`[data]`, `[model]`, `[train]` tables whose keys are the dataclass field
+names, e.g. `[model] latent_dim = 8`) or JSON of the same shape, so a run's own `config.json`
+is a valid config file and `vaelab train --config RUN/config.json` repeats that run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from vaelab.config import RunConfig
+from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig
 from vaelab.errors import ConfigError
 from vaelab.presets import PRESETS
 
+SECTIONS = ("data", "model", "train")
+# A saved run config carries these; they are facts about the run, not settings to carry over
+# (the data decides image_shape and num_classes again when the repeated run starts).
+RUN_FACTS = ("version", "vaelab_version", "model.image_shape", "model.num_classes")
+
 
 def int_list(text: str) -> list[int]:
+    """`--hidden 512,256` -> [512, 256]."""
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
@@ -28,6 +40,7 @@ def int_list(text: str) -> list[int]:
 
 
 def float_pair(text: str) -> list[float]:
+    """`--adam-betas 0.9,0.999` -> [0.9, 0.999]."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -39,12 +52,15 @@ def float_pair(text: str) -> list[float]:
 
 @dataclass(frozen=True)
 class Flag:
+    """One `--flag`: its dotted config key, how its text is parsed, and its help line."""
+
     flag: str
     key: str  # dotted config key, e.g. "model.latent_dim"
     type: Optional[Callable[[str], Any]] = None
     help: str = ""
     choices: Optional[tuple[str, ...]] = None
     is_switch: bool = False  # a boolean flag with a --no- form
+    metavar: Optional[str] = None
 
 
 TRAIN_FLAGS: tuple[Flag, ...] = (
@@ -58,6 +74,9 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          ("none", "dynamic", "static")),
     Flag("--val-fraction", "data.val_fraction", float, "share of the training images held out (default 0.1)"),
     Flag("--split-seed", "data.split_seed", int, "seed of the train/validation split"),
+    Flag("--intensity-window", "data.intensity_window", float_pair,
+         "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
+         "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
     Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
@@ -82,6 +101,9 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--precision", "train.precision", str, "fp32 (default) or bf16 autocast", ("fp32", "bf16")),
     Flag("--compile", "train.compile", None, "torch.compile the model (falls back to eager)", is_switch=True),
     Flag("--threads", "train.threads", int, "CPU threads (0 = PyTorch's default)"),
+    Flag("--tensorboard", "train.tensorboard", None,
+         "also log losses, KL per dimension, lr and images to RUN/tensorboard (pip install 'vaelab[tensorboard]')",
+         is_switch=True),
 )
 
 
@@ -94,8 +116,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f.flag, dest=dest, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f.help)
         else:
+            metavar = f.metavar or (None if f.choices else f.flag.strip("-").upper().replace("-", "_"))
             group.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=argparse.SUPPRESS,
-                               help=f.help, metavar=None if f.choices else f.flag.strip("-").upper().replace("-", "_"))
+                               help=f.help, metavar=metavar)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,27 +136,78 @@ def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def known_keys() -> list[str]:
+    """Every settable dotted key, e.g. 'model.latent_dim' (the run facts excluded)."""
+    keys = []
+    for section in SECTIONS:
+        sub = type(getattr(RunConfig(), section))
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(sub)]
+    return [k for k in keys if k not in RUN_FACTS]
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    """One line naming the bad key, with the closest real key when there is one."""
+    keys = known_keys()
+    by_flag = {f.flag.lstrip("-"): f.key for f in TRAIN_FLAGS}
+    name = key.rpartition(".")[2]
+    # Users often write the flag's spelling (latent-dim, kl-warmup) or forget the table.
+    guess = by_flag.get(name) or by_flag.get(name.replace("_", "-"))
+    if guess is None:
+        close = difflib.get_close_matches(key.replace("-", "_"), keys, n=1, cutoff=0.75)
+        close = close or [k for k in keys if k.endswith("." + name.replace("-", "_"))]
+        guess = close[0] if close else None
+    hint = f" (did you mean '{guess}'?)" if guess else ""
+    return ConfigError(f"unknown config key '{key}' in {where}{hint}; keys are the fields of [data], [model], "
+                       "[train] (see vaelab config --show)")
+
+
 def read_config_file(path: str) -> dict[str, Any]:
-    """A TOML or JSON config file -> {dotted key: value}. Sections [data] [model] [train] nest."""
+    """A TOML or JSON config file -> {dotted key: value}. Sections [data] [model] [train] nest.
+
+    Unknown keys are refused here, naming the file; values are checked with everything else
+    when the config is built (see `build_config`).
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
+        text = p.read_text()
         if p.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
+                import tomli as tomllib
 
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(text)
         else:
-            raw = json.loads(p.read_text())
+            raw = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - tomllib and json raise different types; report both alike
-        raise ConfigError(f"cannot parse {p}: {exc}") from None
+        kind = "TOML" if p.suffix.lower() == ".toml" else "JSON"
+        raise ConfigError(f"cannot parse {p} as {kind}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a table/object of settings")
     flat = _flatten(raw)
-    # A saved run config carries these; they are not settings to carry over.
-    for key in ("version", "vaelab_version", "model.image_shape", "model.num_classes"):
+    version = flat.get("version", CONFIG_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
+        raise ConfigError(f"{p} has config version {version}, newer than this vaelab understands "
+                          f"({CONFIG_VERSION}); upgrade vaelab to use it")
+    for key in RUN_FACTS:
         flat.pop(key, None)
+    allowed = set(known_keys())
+    for key in flat:
+        if key not in allowed:
+            raise _unknown_key_error(key, str(p))
     return flat
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if not name or section not in SECTIONS:
+            raise _unknown_key_error(key, "the settings")
+        nested.setdefault(section, {})[name] = value
+    return nested
 
 
 def build_config(preset: Optional[str], config_file: Optional[str], overrides: dict[str, Any]) -> RunConfig:
@@ -143,21 +217,72 @@ def build_config(preset: Optional[str], config_file: Optional[str], overrides: d
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
         merged.update(PRESETS[preset])
+    without_file = dict(merged)
+    # A learning-rate schedule is written for a number of epochs: remember which, so that a later
+    # layer that only changes the epochs stretches the schedule instead of cutting it short.
+    schedule_epochs = merged.get("train.epochs") if "train.lr_schedule" in merged else None
     if config_file is not None:
-        merged.update(read_config_file(config_file))
-    preset_epochs = merged.get("train.epochs")
+        from_file = read_config_file(config_file)
+        merged.update(from_file)
+        if "train.lr_schedule" in from_file:
+            schedule_epochs = merged.get("train.epochs", TrainConfig().epochs)
     merged.update(overrides)
-    # A preset's learning-rate schedule is stretched to a changed number of epochs.
+    without_file.update(overrides)
+    if "train.lr_schedule" in overrides:
+        schedule_epochs = None  # given explicitly: used as given
     schedule = merged.get("train.lr_schedule")
-    if schedule and "train.lr_schedule" not in overrides and "train.epochs" in overrides and preset_epochs:
-        scale = overrides["train.epochs"] / preset_epochs
+    epochs = merged.get("train.epochs", TrainConfig().epochs)
+    if schedule and schedule_epochs and isinstance(epochs, (int, float)) and epochs != schedule_epochs:
+        scale = epochs / schedule_epochs
         merged["train.lr_schedule"] = [[length * scale, mult] for length, mult in schedule]
-    nested: dict[str, Any] = {}
-    for key, value in merged.items():
-        section, _, name = key.partition(".")
-        if not name:
-            raise ConfigError(f"unknown config key '{key}'")
-        if section not in ("data", "model", "train"):
-            raise ConfigError(f"unknown config section '{section}' in key '{key}'")
-        nested.setdefault(section, {})[name] = value
-    return RunConfig.from_dict(nested)
+    try:
+        return RunConfig.from_dict(_nest(merged))
+    except ConfigError as exc:
+        if config_file is None or not _builds(without_file):
+            raise
+        # The same settings without the file are fine, so the file holds the bad value: say so.
+        raise ConfigError(f"{exc} (in {config_file})") from None
+
+
+def _builds(flat: dict[str, Any]) -> bool:
+    try:
+        RunConfig.from_dict(_nest(flat))
+    except ConfigError:
+        return False
+    return True
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The settable part of `cfg` as a TOML config file ([data], [model], [train] tables).
+
+    TOML has no null: unset optional values are written as comments, which read back as unset.
+    """
+    lines: list[str] = [f"# vaelab config (version {CONFIG_VERSION}); use with: vaelab train --config FILE"]
+    settings = cfg.to_dict()
+    allowed = set(known_keys())
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for name, value in settings[section].items():
+            if f"{section}.{name}" not in allowed:
+                continue
+            if value is None:
+                lines.append(f"# {name} = (unset)")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write the non-finite number {value!r} to a config")
+        return repr(value)  # Python's shortest round-trip form (e.g. 1e-08) is valid TOML
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string literal is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

@@ -6,19 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
-from vaelab.cli.options import add_train_flags, build_config, flag_overrides
+from vaelab.cli.options import add_train_flags, build_config, flag_overrides, to_toml
 from vaelab.config import RunConfig
 from vaelab.presets import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `train`, `demo` and `config` subcommands."""
     p = sub.add_parser("train", help="train a VAE and write a run folder",
                        description="Train a VAE. Flags override --config, which overrides --preset.")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set-up (see README)")
-    p.add_argument("--config", metavar="FILE", help="a TOML or JSON config (e.g. RUN/config.json)")
+    p.add_argument("--config", metavar="FILE",
+                   help="a TOML or JSON config with [data] [model] [train] tables (RUN/config.json repeats RUN)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     add_train_flags(p)
     p.set_defaults(func=run_train)
@@ -32,8 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=run_demo)
 
-    c = sub.add_parser("config", help="print the default (or a preset's / file's) configuration")
-    c.add_argument("--show", action="store_true", help="print the resolved config as JSON (the default action)")
+    c = sub.add_parser("config", help="print the default (or a preset's / file's) configuration",
+                       description="Print the configuration `vaelab train` would use with the same options: "
+                                   "`vaelab config --show --format toml > exp.toml` starts a config file.")
+    c.add_argument("--show", action="store_true", help="print the resolved config (the default action)")
+    c.add_argument("--format", choices=("json", "toml"), default="json",
+                   help="json (the config.json layout, default) or toml (a file for --config)")
     c.add_argument("--preset", choices=sorted(PRESETS))
     c.add_argument("--config", metavar="FILE")
     add_train_flags(c)
@@ -45,6 +51,8 @@ DEMO_GAUSSIAN_STD = 0.15
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
+    from vaelab.tracking import require_tensorboard
     from vaelab.training import resume, train
 
     if args.resume:
@@ -52,15 +60,24 @@ def run_train(args: argparse.Namespace) -> int:
         unexpected = sorted(set(overrides) - {"train.epochs"})
         if unexpected or args.preset or args.config:
             raise_config("--resume continues a run as configured; only --epochs may be given with it")
+        saved = Path(args.resume) / "config.json"
+        if saved.is_file() and RunConfig.load(saved).train.tensorboard:
+            require_tensorboard()  # before anything in the run folder changes
         run_dir = resume(args.resume, progress=not args.quiet, epochs=overrides.get("train.epochs"))
     else:
         cfg = build_config(args.preset, args.config, flag_overrides(args))
+        if cfg.train.tensorboard:
+            require_tensorboard()  # before anything is written
         run_dir = train(cfg, args.out, force=args.force, progress=not args.quiet)
-    _print_summary(run_dir)
+    from vaelab.distributed import is_main_process
+
+    if is_main_process():  # under torchrun, rank 0 reports for all
+        _print_summary(run_dir)
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """`vaelab demo`: the paper's set-up on the bundled digits, with a stronger reconstruction weight."""
     from vaelab.runs import default_run_dir
     from vaelab.training import train
 
@@ -78,12 +95,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_config(args: argparse.Namespace) -> int:
+    """`vaelab config --show`: print the resolved config as JSON or as a TOML config file."""
     cfg = build_config(args.preset, args.config, flag_overrides(args))
-    print(cfg.to_json())
+    print(to_toml(cfg) if args.format == "toml" else cfg.to_json(), end="" if args.format == "toml" else "\n")
     return 0
 
 
 def raise_config(message: str) -> None:
+    """Raise `ConfigError(message)` (imported late: the CLI's start-up stays light)."""
     from vaelab.errors import ConfigError
 
     raise ConfigError(message)
