@@ -55,3 +55,12 @@ def test_demo_runs(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
     assert (out / "figures" / "manifold.png").is_file()
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(capsys):
+    assert main(["train", "--epochs", "abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid int value: 'abc'" in err[0]
+    assert main(["no-such-command"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["--version"]) == 0

@@ -7,9 +7,9 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 from PIL import Image
 
+from conftest import write_idx
 from vaelab.config import DataConfig
 from vaelab.data import DATASETS, load_data
 from vaelab.data.batches import iterate_batches
@@ -69,9 +69,9 @@ def test_mnist_counts_disagree(tmp_path):
 
 def test_mnist_offline_message_names_files(tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "cache"))
-    import vaelab.data.mnist as mnist
-
     import dataclasses
+
+    import vaelab.data.mnist as mnist
 
     # A loopback port nothing listens on: the download is refused at once, as offline.
     monkeypatch.setattr(mnist, "MNIST", dataclasses.replace(mnist.MNIST, mirrors=("http://127.0.0.1:9/",)))

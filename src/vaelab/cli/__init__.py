@@ -18,11 +18,25 @@ from vaelab.errors import VaelabError
 
 COMMAND_MODULES = (
     "vaelab.cli.train_cmd",
+    "vaelab.cli.latent_cmd",
+    "vaelab.cli.report_cmd",
+    "vaelab.cli.eval_cmd",
+    "vaelab.cli.explore_cmd",
+    "vaelab.cli.export_cmd",
+    "vaelab.cli.import_cmd",
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not the whole usage block) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The `vaelab` parser with every subcommand of `COMMAND_MODULES` registered."""
+    parser = _Parser(
         prog="vaelab", description="Variational autoencoders on images: train, evaluate, explore.")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run `vaelab` with `argv` (default: sys.argv[1:]) and return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2), already printed
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
