@@ -6,7 +6,6 @@ Paper Fig. 2 -> `latent_figure` (test-set codes coloured by label); paper Fig. 3
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,7 +125,9 @@ def manifold_grid_codes(steps: int, dims: tuple[int, int], latent_dim: int,
 
 def loss_figure(metrics_path: str | Path, path: str | Path) -> Path:
     """Train and validation loss per epoch from metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    from vaelab.runs import read_metrics
+
+    rows = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")

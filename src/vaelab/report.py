@@ -23,6 +23,7 @@ import torch
 
 from vaelab import __version__
 from vaelab.errors import DataError, RunError
+from vaelab.runs import METRICS_FILE, read_metrics
 
 REPORT_FILE = "report.html"
 MAX_METRIC_ROWS = 60  # longer runs show an even subsample of epochs (the last one always)
@@ -74,7 +75,7 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
     cfg = model.run_config
     notes: list[str] = []
     data = _load_data(cfg, data_dir, notes)
-    metrics = _read_metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run_dir / METRICS_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         figures = _figures(model, run_dir, data, metrics, Path(tmp), seed, notes)
     eval_path = run_dir / "eval.json"
@@ -124,20 +125,6 @@ def _load_data(cfg, data_dir: Optional[str], notes: list[str]):
         notes.append(f"The run's dataset is not available ({exc}); figures that need it are left out. "
                      "Point to it with --data-dir.")
         return None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 @torch.inference_mode()

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,6 +62,25 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise RunError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl` ([] if absent); a line cut short by a kill is skipped.
+
+    (A cut-short line can only be the last epoch's, and resume redoes that epoch.)
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu"):

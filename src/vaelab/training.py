@@ -60,7 +60,7 @@ from vaelab.evaluate import elbo_on_split
 from vaelab.models import VAE
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES
-from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir
+from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir, read_metrics
 
 # Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
 ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
@@ -181,18 +181,6 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] 
         close_process_group(ctx)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill: its epoch is redone anyway
-            continue
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
-
-
 def _append_line(path: Path, row: dict[str, Any]) -> None:
     try:
         with open(path, "a") as handle:
@@ -243,7 +231,7 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, devic
             raise RunError(f"the training data changed since {resume_from} was written ({n_train} training "
                            f"images now, {order.numel()} then); resume needs the same data")
         if main:  # drop metric lines written after the checkpoint (the run died between the two writes)
-            rows = [r for r in _read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
+            rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.

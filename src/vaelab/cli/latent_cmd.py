@@ -160,11 +160,7 @@ def run_traverse(args: argparse.Namespace) -> int:
     from vaelab.latent import traverse_images
 
     ctx = RunContext(args)
-    base, y = None, ctx.label(args.label)
-    if args.image is not None:
-        x, labels = ctx.inputs([args.image])
-        y = ctx.condition(labels)[0]
-        base = encode_one(ctx, x[0], y)
+    base, y = base_code(ctx, args.image, args.label)
     if args.dims is None:
         kl = ctx.kl_per_dim
         dims = kl.argsort(descending=True, stable=True)[: args.max_rows].tolist()
@@ -182,11 +178,7 @@ def run_manifold(args: argparse.Namespace) -> int:
     from vaelab.latent import manifold_images
 
     ctx = RunContext(args)
-    base, y = None, ctx.label(args.label)
-    if args.image is not None:
-        x, labels = ctx.inputs([args.image])
-        y = ctx.condition(labels)[0]
-        base = encode_one(ctx, x[0], y)
+    base, y = base_code(ctx, args.image, args.label)
     if args.dims is not None:
         dims = args.dims
     elif ctx.cfg.model.latent_dim == 2:
@@ -228,6 +220,17 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+def base_code(ctx: RunContext, image: Optional[str],
+              label: Optional[str]) -> tuple[Optional[torch.Tensor], Optional[int]]:
+    """The code to vary around: --image's posterior mean (None = the origin), and the label to decode with."""
+    y = ctx.label(label)
+    if image is None:
+        return None, y
+    x, labels = ctx.inputs([image])
+    y = ctx.condition(labels)[0]
+    return encode_one(ctx, x[0], y), y
 
 
 @torch.inference_mode()

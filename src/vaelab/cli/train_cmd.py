@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from vaelab.cli.options import add_train_flags, build_config, flag_overrides, to_toml
@@ -109,8 +108,10 @@ def raise_config(message: str) -> None:
 
 
 def _print_summary(run_dir: Path) -> None:
-    metrics = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(metrics[-1]) if metrics else {}
+    from vaelab.runs import read_metrics
+
+    metrics = read_metrics(Path(run_dir) / "metrics.jsonl")
+    last = metrics[-1] if metrics else {}
     cfg = RunConfig.load(Path(run_dir) / "config.json")
     print(f"run folder: {run_dir}")
     if last:
