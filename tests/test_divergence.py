@@ -90,6 +90,23 @@ def test_nan_in_data_mid_run_leaves_last_checkpoint_byte_identical(tmp_path, fak
     assert (run / CHECKPOINT_FILE).read_bytes() == (reference / CHECKPOINT_FILE).read_bytes()
 
 
+def test_nan_gradient_behind_a_finite_loss_names_its_step(tmp_path, fake_mnist):
+    """A gradient turns NaN while the loss is finite: the message names that step, not the next."""
+    cfg = _cfg(fake_mnist)
+
+    def poison_gradients(row, model) -> None:
+        if row["epoch"] == 1:  # from epoch 2's first step on, one weight's gradient is NaN
+            weight = next(model.parameters())
+            weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+
+    with pytest.raises(DivergenceError) as info:
+        train(copy.deepcopy(cfg), tmp_path / "run", progress=False, hook=poison_gradients)
+    batches = math.ceil(len(load_data(cfg.data).train) / cfg.train.batch_size)
+    message = str(info.value)
+    assert f"non-finite gradient at epoch 2, step {batches + 1};" in message, message
+    assert "end of epoch 1" in message
+
+
 def test_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

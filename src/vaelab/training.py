@@ -280,11 +280,16 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, devic
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             sums += torch.stack([parts.loss.detach(), parts.recon.detach(), parts.kl.detach()]).double() * x.shape[0]
-            # A non-finite loss stays non-finite in the sums. (A non-finite gradient makes the
-            # next loss non-finite; checkpoints refuse non-finite weights in any case.)
+            # A non-finite loss stays non-finite in the sums. A non-finite gradient behind a finite
+            # loss breaks the weights in optimizer.step() and so the next loss; the weights are
+            # only inspected once that happens, to name the step whose gradient did it (no cost on
+            # the normal path). Checkpoints refuse non-finite weights in any case.
             if (state["step"] + 1) % check_every == 0 and not bool(torch.isfinite(sums[0])):
                 bar.close()
-                raise DivergenceError(divergence_message(epoch + 1, state["step"] + 1, checkpoint_path))
+                step, what = state["step"] + 1, "non-finite loss"
+                if check_every == 1 and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    step, what = state["step"], "non-finite gradient"
+                raise DivergenceError(divergence_message(epoch + 1, step, checkpoint_path, what))
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
