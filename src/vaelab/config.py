@@ -51,6 +51,7 @@ class DataConfig:
     intensity_window: Optional[list[float]] = None
 
     def validate(self) -> None:
+        """Check every field; raise ConfigError naming the first bad one."""
         if self.intensity_window is not None and (
                 len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]):
             raise ConfigError(f"intensity_window must be [low, high] with low < high, got {self.intensity_window}")
@@ -84,6 +85,7 @@ class ModelConfig:
     num_classes: int = 0
 
     def validate(self) -> None:
+        """Check every field; raise ConfigError naming the first bad one."""
         if not 1 <= self.latent_dim <= 4096:
             raise ConfigError(f"latent_dim must be between 1 and 4096, got {self.latent_dim}")
         if len(self.hidden) > 16 or any(h < 1 or h > 65536 for h in self.hidden):
@@ -127,6 +129,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log scalars and images to <run>/tensorboard (vaelab.tracking)
 
     def validate(self) -> None:
+        """Check every field; raise ConfigError naming the first bad one."""
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -167,6 +170,7 @@ class RunConfig:
     vaelab_version: str = ""
 
     def validate(self) -> RunConfig:
+        """Check every field; raise ConfigError naming the first bad one."""
         self.data.validate()
         self.model.validate()
         self.train.validate()
@@ -175,9 +179,11 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts (JSON-able)."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """The config as indented JSON (what config.json holds)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
@@ -197,6 +203,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        """Read and validate a config.json; one clear ConfigError per problem."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

@@ -105,6 +105,7 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
 
 
 def close_process_group(ctx: DistContext) -> None:
+    """Tear down the process group that `ctx` started, if any."""
     if ctx.enabled:
         import torch.distributed as dist
 

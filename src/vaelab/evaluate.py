@@ -18,13 +18,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from vaelab.data.base import Split
 from vaelab.data.batches import iterate_batches
 from vaelab.objectives import elbo_loss, log_importance_weights
+
+if TYPE_CHECKING:
+    from vaelab.data import ImageData
+    from vaelab.models import VAE
 
 EVAL_SEED = 1234
 DEFAULT_IW_SAMPLES = 5000  # the standard K for reported likelihoods (Burda et al. 2015)
@@ -43,7 +47,7 @@ def _devices(device: torch.device) -> list[torch.device]:
 
 
 @torch.inference_mode()
-def elbo_on_split(model, split: Split, batch_size: int = 1000, dynamic_binarize: bool = False,
+def elbo_on_split(model: VAE, split: Split, batch_size: int = 1000, dynamic_binarize: bool = False,
                   seed: int = EVAL_SEED, max_images: Optional[int] = None) -> dict[str, float]:
     """Mean per-image negative ELBO, reconstruction term and KL over `split` (beta = 1)."""
     device = model.device
@@ -79,7 +83,7 @@ def log_mean_exp_chunks(log_weight_chunks: Iterator[torch.Tensor], total: int) -
     return running - math.log(total)
 
 
-def iwae_bound(model, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
+def iwae_bound(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
                generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """L_K per image (Burda et al. 2015): x (B, C, H, W) -> (B,), K = `num_samples`, in nats.
 
@@ -109,7 +113,7 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
 
 
 @torch.inference_mode()
-def evaluate_split(model, split: Split, *, iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100,
+def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100,
                    dynamic_binarize: bool = False, seed: int = EVAL_SEED, progress: bool = False) -> dict[str, Any]:
     """One pass over `split`: neg_elbo (recon + kl), nll = -L_K, bits_per_dim, active_units.
 
@@ -169,7 +173,7 @@ def evaluate_split(model, split: Split, *, iw_samples: int = DEFAULT_IW_SAMPLES,
 
 
 @torch.inference_mode()
-def reconstructions(model, split: Split, *, batch_size: int = 500, dynamic_binarize: bool = False,
+def reconstructions(model: VAE, split: Split, *, batch_size: int = 500, dynamic_binarize: bool = False,
                     seed: int = EVAL_SEED) -> torch.Tensor:
     """Expected images decode(E_q[z]) of the (identically binarised) split -> (N, C, H, W) on the CPU."""
     out = []
@@ -183,7 +187,7 @@ def reconstructions(model, split: Split, *, batch_size: int = 500, dynamic_binar
 
 
 @torch.inference_mode()
-def generated_samples(model, n: int, labels: Optional[torch.Tensor], *, batch_size: int = 500,
+def generated_samples(model: VAE, n: int, labels: Optional[torch.Tensor], *, batch_size: int = 500,
                       seed: int = EVAL_SEED) -> torch.Tensor:
     """n expected images decoded from z ~ N(0, I) (conditioned on `labels` for a CVAE) -> (n, C, H, W)."""
     gen = torch.Generator().manual_seed(seed + 2)
@@ -195,9 +199,9 @@ def generated_samples(model, n: int, labels: Optional[torch.Tensor], *, batch_si
     return torch.cat(out)
 
 
-def evaluate_model(model, data, split_name: str = "test", *, iw_samples: int = DEFAULT_IW_SAMPLES,
-                   batch_size: int = 100, fid: bool = True, grey_data=None, dataset_name: str = "",
-                   progress: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
+def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_samples: int = DEFAULT_IW_SAMPLES,
+                   batch_size: int = 100, fid: bool = True, grey_data: Optional[ImageData] = None,
+                   dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
     """Every number of `vaelab eval` for `model` on `data.<split_name>` as a flat JSON-able dict.
 
     `data` is what the model was trained on (static binarisation applied); `grey_data` the same
@@ -228,8 +232,8 @@ def evaluate_model(model, data, split_name: str = "test", *, iw_samples: int = D
     return result
 
 
-def _classifier_scores(model, data, grey, split_name: str, dynamic: bool, dataset_name: str, progress: bool,
-                       seed: int) -> dict[str, Any]:
+def _classifier_scores(model: VAE, data: ImageData, grey: ImageData, split_name: str, dynamic: bool,
+                       dataset_name: str, progress: bool, seed: int) -> dict[str, Any]:
     """FID of generated samples against the split, and the classifier's accuracy on reconstructions."""
     from vaelab.classifier import classifier_features, get_classifier, predict
     from vaelab.data.batches import to_float

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from vaelab.data.base import Split
 from vaelab.data.batches import iterate_batches, to_float
 from vaelab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from vaelab.models import VAE
 
 # ---- encoding a split and the 2-D projection ---------------------------------------------------
 
@@ -42,7 +45,7 @@ class EncodedSplit:
 
 
 @torch.inference_mode()
-def encode_split(model, split: Split, batch_size: int = 1000, max_images: Optional[int] = None) -> EncodedSplit:
+def encode_split(model: VAE, split: Split, batch_size: int = 1000, max_images: Optional[int] = None) -> EncodedSplit:
     """Posterior means and log-variances of (the first `max_images` of) a split."""
     if max_images is not None and max_images < len(split):
         split = Split(split.images[:max_images], None if split.labels is None else split.labels[:max_images])
@@ -199,7 +202,7 @@ def random_direction(like: torch.Tensor, generator: Optional[torch.Generator] = 
 # ---- inputs: the user's image files in the model's format --------------------------------------
 
 
-def load_image_files(model, paths: Sequence[str | Path]) -> torch.Tensor:
+def load_image_files(model: VAE, paths: Sequence[str | Path]) -> torch.Tensor:
     """Image files -> float (N, C, H, W) in [0, 1], converted to the model's channels and size."""
     from vaelab.data.images import load_image
 
@@ -209,7 +212,7 @@ def load_image_files(model, paths: Sequence[str | Path]) -> torch.Tensor:
     return to_float(torch.stack([torch.from_numpy(load_image(p, h, c).copy()) for p in paths]))
 
 
-def load_image_folder(model, folder: str | Path) -> torch.Tensor:
+def load_image_folder(model: VAE, folder: str | Path) -> torch.Tensor:
     """Every image file directly in `folder` -> float (N, C, H, W) in the model's format."""
     from vaelab.data.images import IMAGE_EXTENSIONS
 
@@ -240,7 +243,7 @@ class ImageTable:
     title: str = ""
 
 
-def _condition(model, y, n: int, what: str) -> Optional[torch.Tensor]:
+def _condition(model: VAE, y, n: int, what: str) -> Optional[torch.Tensor]:
     """Labels (n,) for a conditional model (one label is repeated); None for a plain one."""
     if not model.conditional:
         if y is not None:
@@ -257,11 +260,11 @@ def _condition(model, y, n: int, what: str) -> Optional[torch.Tensor]:
     return y.to(model.device)
 
 
-def _decode(model, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+def _decode(model: VAE, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
     return model.decode_images(z.to(model.device), y).float().cpu()
 
 
-def _encode_means(model, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+def _encode_means(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
     return model.encode(x.to(model.device), y).mean.float().cpu()
 
 
@@ -270,7 +273,7 @@ def _fmt(v: float) -> str:
 
 
 @torch.inference_mode()
-def sample_images(model, n: int = 64, temperature: float = 1.0, label: Optional[int] = None, seed: int = 0,
+def sample_images(model: VAE, n: int = 64, temperature: float = 1.0, label: Optional[int] = None, seed: int = 0,
                   nrow: Optional[int] = None) -> ImageTable:
     """Decodings of n prior draws z ~ N(0, t² I); a conditional model cycles through its labels
     unless `label` is given."""
@@ -294,7 +297,7 @@ def sample_images(model, n: int = 64, temperature: float = 1.0, label: Optional[
 
 
 @torch.inference_mode()
-def reconstruct_images(model, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> ImageTable:
+def reconstruct_images(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> ImageTable:
     """Inputs x (B, C, H, W) above the decodings of their posterior means."""
     y = _condition(model, y, x.shape[0], "reconstruct")
     z = _encode_means(model, x, y)
@@ -304,7 +307,7 @@ def reconstruct_images(model, x: torch.Tensor, y: Optional[torch.Tensor] = None)
 
 
 @torch.inference_mode()
-def interpolate_images(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10, mode: str = "lerp",
+def interpolate_images(model: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10, mode: str = "lerp",
                        y_a: Optional[int] = None, y_b: Optional[int] = None) -> ImageTable:
     """Input A, the decoded walk from A's posterior mean to B's (`steps` codes), input B.
 
@@ -324,7 +327,7 @@ def interpolate_images(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int =
 
 
 @torch.inference_mode()
-def traverse_images(model, dims: Sequence[int], base: Optional[torch.Tensor] = None,
+def traverse_images(model: VAE, dims: Sequence[int], base: Optional[torch.Tensor] = None,
                     span: tuple[float, float] = (-3.0, 3.0), steps: int = 9, y: Optional[int] = None,
                     kl: Optional[torch.Tensor] = None) -> ImageTable:
     """One row per dim in `dims`: z[d] = base[d] + offset for `steps` offsets across `span`, the
@@ -343,7 +346,7 @@ def traverse_images(model, dims: Sequence[int], base: Optional[torch.Tensor] = N
 
 
 @torch.inference_mode()
-def manifold_images(model, dims: tuple[int, int] = (0, 1), steps: int = 15, base: Optional[torch.Tensor] = None,
+def manifold_images(model: VAE, dims: tuple[int, int] = (0, 1), steps: int = 15, base: Optional[torch.Tensor] = None,
                     y: Optional[int] = None) -> ImageTable:
     """Decodings over a grid through the N(0, 1) quantiles of two dims (Kingma & Welling 2013,
     Fig. 4); the other dims stay at `base` (default 0)."""
@@ -367,7 +370,7 @@ def manifold_images(model, dims: tuple[int, int] = (0, 1), steps: int = 15, base
 
 
 @torch.inference_mode()
-def edit_images(model, x: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor,
+def edit_images(model: VAE, x: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor,
                 y: Optional[int] = None) -> ImageTable:
     """Input x (C, H, W), then its posterior mean moved by s * direction for each strength s."""
     _check_figure(len(strengths) + 1, *strengths.tolist(), *direction.tolist())
@@ -381,7 +384,7 @@ def edit_images(model, x: torch.Tensor, direction: torch.Tensor, strengths: torc
 
 
 @torch.inference_mode()
-def relabel_images(model, x: torch.Tensor, y_from: int, y_to: int, strengths: torch.Tensor) -> ImageTable:
+def relabel_images(model: VAE, x: torch.Tensor, y_from: int, y_to: int, strengths: torch.Tensor) -> ImageTable:
     """Conditional model: keep x's latent code (its style) and move the label from `y_from` to `y_to`.
 
     Strength s feeds the decoder the mixed one-hot (1 - s)·e_from + s·e_to (Sohn et al. 2015 train
@@ -413,7 +416,7 @@ def _check_figure(tiles: int, *numbers: float) -> None:
         raise ConfigError("ranges, strengths and temperatures must be finite numbers")
 
 
-def _check_dims(model, dims: Sequence[int]) -> None:
+def _check_dims(model: VAE, dims: Sequence[int]) -> None:
     bad = [d for d in dims if not 0 <= d < model.latent_dim]
     if bad:
         raise ConfigError(f"latent dimension {bad[0]} is out of range: this model has dims 0..{model.latent_dim - 1}")

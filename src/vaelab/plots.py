@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib
 
@@ -20,6 +20,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vaelab.latent import EncodedSplit, Projection  # noqa: E402
+
+if TYPE_CHECKING:
+    from vaelab.data import ImageData
+    from vaelab.models import VAE
 
 MIN_TILE = 56  # tiles are upscaled (nearest) to at least this many pixels so 8×8 digits are visible
 
@@ -44,6 +48,7 @@ def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: flo
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    """Save `images` (N, C, H, W) in [0, 1] as one PNG grid with `nrow` per row."""
     Image.fromarray(image_grid(images, nrow)).save(path)
     return Path(path)
 
@@ -174,7 +179,7 @@ def labelled_grid(images: torch.Tensor, nrow: int, path: str | Path, row_labels:
 
 
 @torch.inference_mode()
-def write_run_figures(model, data, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
+def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
                       seed: int = 0) -> list[Path]:
     """Write every standard figure of a run into RUN/figures/."""
     from vaelab.data.batches import to_float

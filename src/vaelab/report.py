@@ -17,13 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from vaelab import __version__
 from vaelab.errors import DataError, RunError
 from vaelab.runs import METRICS_FILE, read_metrics
+
+if TYPE_CHECKING:
+    from vaelab.data import ImageData
+    from vaelab.models import VAE
 
 REPORT_FILE = "report.html"
 MAX_METRIC_ROWS = 60  # longer runs show an even subsample of epochs (the last one always)
@@ -128,7 +132,7 @@ def _load_data(cfg, data_dir: Optional[str], notes: list[str]):
 
 
 @torch.inference_mode()
-def _figures(model, run_dir: Path, data, metrics: list[dict], tmp: Path, seed: int,
+def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, seed: int,
              notes: list[str]) -> list[ReportFigure]:
     """Draw every figure into `tmp` and read them back as PNG bytes."""
     from vaelab import latent, plots
@@ -214,7 +218,7 @@ def _other_index(labels: Optional[torch.Tensor], i: int, n: int) -> Optional[int
     return i + 1
 
 
-def _edit_figure(model, data, grid, run: str, seed: int) -> None:
+def _edit_figure(model: VAE, data: ImageData, grid, run: str, seed: int) -> None:
     from vaelab import latent
     from vaelab.data.batches import to_float
 

@@ -14,13 +14,16 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vaelab.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, load_weights, remove_stale_temp_files
 from vaelab.config import RunConfig
 from vaelab.errors import RunError
+
+if TYPE_CHECKING:
+    from vaelab.models import VAE
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -31,6 +34,7 @@ RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGUR
 
 
 def default_run_dir(dataset: str) -> Path:
+    """runs/<dataset>-<YYYYmmdd-HHMMSS>, relative to the working directory."""
     return Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -83,7 +87,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu"):
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     """Load a trained model from a run folder: `config.json` + `model.safetensors` -> VAE in eval mode."""
     from vaelab.models import VAE
 

@@ -89,6 +89,7 @@ def make_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch from one integer."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

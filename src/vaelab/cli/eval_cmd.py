@@ -21,6 +21,7 @@ EVAL_FILE = "eval.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser("eval", help="evaluate a trained run: L_K likelihood bound, ELBO, active units, FID",
                        description="Evaluate RUN over a whole split and write RUN/eval.json.")
     p.add_argument("run", metavar="RUN", help="a run folder written by vaelab train")
@@ -47,6 +48,7 @@ def _positive_int(text: str, flag: str, upper: int) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Carry out `vaelab eval` with the parsed `args`; return the exit code."""
     iw_samples = _positive_int(args.iw_samples, "--iw-samples", MAX_IW_SAMPLES)
     batch_size = _positive_int(args.batch_size, "--batch-size", 100_000)
     if args.split not in ("test", "val"):

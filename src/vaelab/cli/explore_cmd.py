@@ -20,6 +20,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser("explore", help="steer a trained model's latent space in the browser",
                        description="Serve a local web page to explore RUN's latent space: the map of the test "
                                    "split, one slider per latent dimension, interpolation and uploads.")
@@ -70,6 +71,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def run_explore(args: argparse.Namespace) -> int:
+    """Carry out `vaelab explore` with the parsed `args`; return the exit code."""
     try:
         import uvicorn
 

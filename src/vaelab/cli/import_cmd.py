@@ -16,6 +16,7 @@ from vaelab.errors import RunError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser(
         "import-weights", help="import a .pt/.pth state dict into a run folder (weights only, no pickle code)",
         description="Read FILE with torch.load(weights_only=True), check it against RUN/config.json and write "
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """Carry out `vaelab import-weights` with the parsed `args`; return the exit code."""
     from vaelab.checkpoint import WEIGHTS_FILE, import_torch_weights, load_state_into, save_weights
     from vaelab.config import RunConfig
     from vaelab.models import VAE

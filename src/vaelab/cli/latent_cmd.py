@@ -124,6 +124,7 @@ class RunContext:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """Carry out `vaelab sample` with the parsed `args`; return the exit code."""
     from vaelab.latent import sample_images
 
     ctx = RunContext(args)
@@ -132,6 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    """Carry out `vaelab reconstruct` with the parsed `args`; return the exit code."""
     from vaelab.latent import reconstruct_images
 
     ctx = RunContext(args)
@@ -148,6 +150,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
+    """Carry out `vaelab interpolate` with the parsed `args`; return the exit code."""
     from vaelab.latent import interpolate_images
 
     ctx = RunContext(args)
@@ -157,6 +160,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_traverse(args: argparse.Namespace) -> int:
+    """Carry out `vaelab traverse` with the parsed `args`; return the exit code."""
     from vaelab.latent import traverse_images
 
     ctx = RunContext(args)
@@ -175,6 +179,7 @@ def run_traverse(args: argparse.Namespace) -> int:
 
 
 def run_manifold(args: argparse.Namespace) -> int:
+    """Carry out `vaelab manifold` with the parsed `args`; return the exit code."""
     from vaelab.latent import manifold_images
 
     ctx = RunContext(args)
@@ -189,6 +194,7 @@ def run_manifold(args: argparse.Namespace) -> int:
 
 
 def run_edit(args: argparse.Namespace) -> int:
+    """Carry out `vaelab edit` with the parsed `args`; return the exit code."""
     from vaelab.latent import edit_images, relabel_images
 
     ctx = RunContext(args)
@@ -292,6 +298,7 @@ def _common(p: argparse.ArgumentParser, name: str, inputs: bool = True) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser("sample", help="decode draws from the prior",
                        description="Decode n draws z ~ N(0, t² I). Conditional runs: --label picks the class.")
     _common(p, "sample", inputs=False)

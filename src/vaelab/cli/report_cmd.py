@@ -6,6 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser("report", help="write one self-contained HTML report of a run",
                        description="Write RUN/report.html (or --out FILE): config, metrics, loss curves, every "
                                    "latent-space figure and eval.json when present, all in one file that opens "
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """Carry out `vaelab report` with the parsed `args`; return the exit code."""
     from vaelab.report import write_report
 
     out = write_report(args.run, args.out, data_dir=args.data_dir, device=args.device, seed=args.seed)

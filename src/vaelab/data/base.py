@@ -34,14 +34,17 @@ class ImageData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
 
     @property
     def num_classes(self) -> int:
+        """Number of labelled classes (0 when unlabelled)."""
         return len(self.class_names)
 
     def split(self, name: str) -> Split:
+        """The split called "train", "val" or "test"."""
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split '{name}'; choose train, val or test")
         return getattr(self, name)

@@ -11,6 +11,7 @@ TEST_FRACTION = 0.2
 
 
 def load_digits(cfg: DataConfig) -> ImageData:
+    """scikit-learn's 8×8 digits: a fixed 20 % test split, then `val_fraction` of the rest for validation."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()

@@ -66,6 +66,7 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
 
 
 def load_folder(cfg: DataConfig) -> ImageData:
+    """The image folder at `data_dir`, converted and resized, split into train/val/test."""
     if cfg.data_dir is None:
         raise DataError("--dataset folder needs --data-dir DIR (a folder of images)")
     root = Path(cfg.data_dir).expanduser()

@@ -106,6 +106,7 @@ def locate(source: IdxSource, data_dir: str | None, download: bool = True) -> di
 
 
 def offline_message(source: IdxSource, cache: Path) -> str:
+    """The one-line error when the files are neither on disk nor downloadable."""
     names = ", ".join(stem + ".gz" for stem in FILES.values())
     return (
         f"{source.name} files not found and could not be downloaded; put {names} in {cache} "
@@ -140,6 +141,7 @@ def fetch(source: IdxSource, filename: str, cache: Path) -> Path:
 
 
 def load_idx_dataset(source: IdxSource, cfg: DataConfig) -> ImageData:
+    """Locate (or download) and parse the four IDX files; hold out `val_fraction` for validation."""
     paths = locate(source, cfg.data_dir)
     train_x, train_y = read_images_and_labels(paths["train_images"], paths["train_labels"])
     test_x, test_y = read_images_and_labels(paths["test_images"], paths["test_labels"])
@@ -156,8 +158,10 @@ def load_idx_dataset(source: IdxSource, cfg: DataConfig) -> ImageData:
 
 
 def load_mnist(cfg: DataConfig) -> ImageData:
+    """MNIST from `data_dir`, the cache, or the standard mirrors."""
     return load_idx_dataset(MNIST, cfg)
 
 
 def load_fashion_mnist(cfg: DataConfig) -> ImageData:
+    """Fashion-MNIST from `data_dir`, the cache, or the standard mirrors."""
     return load_idx_dataset(FASHION_MNIST, cfg)

@@ -68,6 +68,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_npz(cfg: DataConfig) -> ImageData:
+    """A MedMNIST-format .npz from `data_path`, with its own train/val/test splits."""
     if cfg.data_path is None:
         raise DataError("--dataset npz needs --data-path FILE.npz")
     path = Path(cfg.data_path).expanduser()

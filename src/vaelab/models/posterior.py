@@ -20,6 +20,7 @@ class DiagonalGaussian:
 
     @property
     def std(self) -> torch.Tensor:
+        """sigma = exp(log_var / 2), (B, D)."""
         return torch.exp(0.5 * self.log_var)
 
     def sample(self, num_samples: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -46,10 +46,12 @@ class VAE(nn.Module):
 
     @property
     def conditional(self) -> bool:
+        """Whether encoder and decoder take a label."""
         return self.num_classes > 0
 
     @property
     def device(self) -> torch.device:
+        """The device the weights live on."""
         return next(self.parameters()).device
 
     def _cond(self, y: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
