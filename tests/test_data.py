@@ -164,3 +164,35 @@ def test_batches_cover_the_split_once_per_epoch():
 
 def test_registry_lists_every_dataset():
     assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "folder", "npz"}
+
+
+def test_download_checks_md5_and_writes_atomically(tmp_path, has_real_mnist):
+    """fetch() against a loopback mirror: the canonical file is kept, a tampered copy is refused."""
+    import dataclasses
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    import vaelab.data.mnist as mnist
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    name = "t10k-labels-idx1-ubyte.gz"  # byte-identical to the canonical download (see its README)
+    shutil.copy(has_real_mnist / name, served / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = dataclasses.replace(mnist.MNIST, mirrors=(f"http://127.0.0.1:{server.server_port}/",))
+        cache = tmp_path / "cache"
+        target = mnist.fetch(source, name, cache)
+        assert target.read_bytes() == (has_real_mnist / name).read_bytes()
+        assert [p.name for p in cache.iterdir()] == [name]  # no temporary file left behind
+        (served / name).write_bytes(b"\x1f\x8b tampered")
+        with pytest.raises(DataError, match="could not be downloaded"):
+            mnist.fetch(source, name, tmp_path / "cache2")
+        assert not (tmp_path / "cache2" / name).exists()
+    finally:
+        server.shutdown()

@@ -215,6 +215,10 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, devic
     n_train = len(train_split)
     batches_per_epoch = math.ceil(n_train / tc.batch_size)
     warmup_steps = tc.kl_warmup_epochs * batches_per_epoch
+
+    def kl_weight(steps_taken: int) -> float:
+        """beta, ramped linearly from 0 over the warm-up steps (KL warm-up), then constant."""
+        return tc.beta * min(1.0, steps_taken / warmup_steps) if warmup_steps else tc.beta
     check_every = 1 if device.type == "cpu" else GPU_CHECK_EVERY
     checkpoint_path = run_dir / CHECKPOINT_FILE
     metrics_path = run_dir / METRICS_FILE
@@ -266,7 +270,7 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, devic
         sums = torch.tensor(state["sums"][:3] if main else [0.0] * 3, dtype=torch.float64, device=device)
         count = int(state["sums"][3])  # images of the global batches so far
         # The KL weight of the last step taken (the same value when resumed past the epoch's last batch).
-        beta = tc.beta * min(1.0, state["step"] / warmup_steps) if warmup_steps else tc.beta
+        beta = kl_weight(state["step"])
         bar = tqdm(total=batches_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
         batches = iterate_batches(train_split, tc.batch_size, shuffle=True, generator=data_gen,
@@ -274,7 +278,7 @@ def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, devic
                                   shard=(ctx.rank, ctx.world_size))
         for x, y in batches:
             # ---- one optimisation step ---------------------------------------------------------
-            beta = tc.beta * min(1.0, (state["step"] + 1) / warmup_steps) if warmup_steps else tc.beta
+            beta = kl_weight(state["step"] + 1)
             global_batch = min(tc.batch_size, n_train - state["batch"] * tc.batch_size)  # x holds our share
             with torch.autocast(**autocast):
                 objective, parts = step_loss(x, y if use_labels else None, beta, global_batch)

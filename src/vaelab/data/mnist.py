@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaelab.checkpoint import atomic_write_bytes
 from vaelab.config import DataConfig
 from vaelab.data.base import ImageData, Split, holdout, to_labels, to_nchw
 from vaelab.data.idx import read_images_and_labels
@@ -126,16 +126,7 @@ def fetch(source: IdxSource, filename: str, cache: Path) -> Path:
             continue
         if hashlib.md5(payload).hexdigest() != source.md5[filename]:
             continue  # a corrupt or tampered copy; try the next mirror
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=filename, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(target, payload)  # an interrupted download never leaves a half file
         return target
     raise DataError(offline_message(source, cache))
 
