@@ -80,7 +80,6 @@ def iterate_batches(
         lo, hi = i * batch_size, min(n, (i + 1) * batch_size)
         rows = shard_rows(hi - lo, rank, world_size)
         if order is None:
-            idx = None
             if not dynamic_binarize:  # only this rank's rows are converted
                 lo, hi = lo + rows.start, lo + rows.stop
                 rows = slice(None)
