@@ -27,6 +27,7 @@ like-for-like comparison the benchmark holds out as few as allowed: `--val-fract
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 from pathlib import Path
 
 import torch
@@ -178,9 +180,13 @@ def alternate_epochs(data_dir: Path, epochs: int, extra_flags: list[str]) -> dic
         result["vaelab"].append(row["seconds"])
         if row["epoch"] == epochs:
             result["vaelab_test"] = elbo_on_split(model, data.test)["loss"]
+        # The reference as the example is written: no subnormal flushing on this (main) thread. Its
+        # worker thread keeps the flushing it inherited at start-up: that only helps the reference.
+        torch.set_flush_denormal(False)
         started = time.perf_counter()
         ref.train(row["epoch"])
         result["reference"].append(time.perf_counter() - started)
+        torch.set_flush_denormal(True)
         print(f"epoch {row['epoch']:2d}: vaelab {row['seconds']:.2f} s   reference {result['reference'][-1]:.2f} s",
               flush=True)
 
@@ -201,37 +207,50 @@ def lever_step_times(data_dir: Path, steps: int, rounds: int) -> None:
     from vaelab.data import load_data
     from vaelab.data.batches import to_float
     from vaelab.distributed import StepLoss
+    from vaelab.fused import FusedELBOStep
     from vaelab.models import VAE
     from vaelab.objectives import elbo_loss
+    from vaelab.optim import AdamStep
 
     data = load_data(DataConfig(dataset="mnist", data_dir=str(data_dir), val_fraction=0.0001))
     model = VAE(ModelConfig(hidden=[400], latent_dim=20, likelihood="bernoulli", image_shape=[1, 28, 28]))
     fused = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    lean = AdamStep(fused)
     loop_adam = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
     step_loss = StepLoss(model, elbo_loss, 1)
+    fused_step = FusedELBOStep(model, "relu")
     images = data.train.images
+    autograd_variants = {"autograd step (--step autograd)", "bf16 autocast (--precision bf16)"}
 
     def run(variant: str, n: int) -> None:
-        optimizer = loop_adam if variant == "for-loop Adam" else fused
         order = torch.randperm(len(images))
         sums = torch.zeros(3, dtype=torch.float64)
         for i in range(n):
             idx = order[i * 128:(i + 1) * 128]
             x = to_float(images[idx] if variant == "images[idx] gather" else images.index_select(0, idx))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16 autocast"):
-                loss, parts = step_loss(x, None, 1.0, 128)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if variant == "norm + sync per step":  # the old loop: global norm, a host read, .cpu()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-                assert bool(torch.isfinite(loss.detach() + norm))
-                sums += torch.stack([parts.loss.detach(), parts.recon.detach(), parts.kl.detach()]).double().cpu()
+            if variant in autograd_variants:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16")):
+                    loss, parts = step_loss(x, None, 1.0, 128)
+                fused.zero_grad(set_to_none=True)
+                loss.backward()
             else:
-                sums += torch.stack([parts.loss.detach(), parts.recon.detach(), parts.kl.detach()]).double()
+                parts = fused_step(x, None, 1.0, 128)
+            if variant == "norm + sync per step":  # the first loop: global norm, a host read, .cpu()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+                assert bool(torch.isfinite(parts.loss + norm))
+                sums += torch.stack(parts).double().cpu()
+            else:
+                sums.add_(torch.stack(parts).double(), alpha=128)
                 assert bool(torch.isfinite(sums[0]))
-            optimizer.step()
+            if variant == "for-loop Adam":
+                loop_adam.step()
+            elif variant == "optimizer.step()":
+                fused.step()
+            else:
+                lean()
 
-    variants = ["fast path (default)", "images[idx] gather", "for-loop Adam", "norm + sync per step", "bf16 autocast"]
+    variants = ["fast path (default)", "autograd step (--step autograd)", "optimizer.step()", "for-loop Adam",
+                "images[idx] gather", "norm + sync per step", "bf16 autocast (--precision bf16)"]
     times: dict[str, list[float]] = {v: [] for v in variants}
     for v in variants:
         run(v, 5)  # warm-up
@@ -243,9 +262,41 @@ def lever_step_times(data_dir: Path, steps: int, rounds: int) -> None:
     base = statistics.median(times[variants[0]])
     for v in variants:
         ms = statistics.median(times[v])
-        print(f"  {v:24s} {ms:6.2f} ms/step  ({ms * 469 / 1e3:.2f} s/epoch)  {ms / base:5.2f}x the fast path")
-    print(f"  (loss-function + Adam step of the MLP 784-400-20 recipe, {torch.get_num_threads()} threads, "
+        print(f"  {v:34s} {ms:6.2f} ms/step  ({ms * 469 / 1e3:.2f} s/epoch)  {ms / base:5.2f}x the fast path")
+    print(f"  (loss + gradients + Adam step of the MLP 784-400-20 recipe, {torch.get_num_threads()} threads, "
           f"median of {rounds} rounds x {steps} steps; evaluation and figures not included)")
+
+
+def flush_lever(data_dir: Path, epochs: int = 3) -> None:
+    """Milliseconds per step in the last of `epochs` epochs of `vaelab train`'s loop, with and
+    without flushing subnormals. Measured in one thread (the setting is per thread and a worker
+    thread keeps what it had when it was created), each from fresh weights: the slow-down only
+    appears once Adam's moments for never-updated weights have decayed (~800 steps)."""
+    from vaelab.cli.options import build_config
+    from vaelab.data import load_data
+    from vaelab.training import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = build_config(None, None, {"data.dataset": "mnist", "data.data_dir": str(data_dir), "model.hidden": [400],
+                                    "model.latent_dim": 20, "model.likelihood": "bernoulli", "data.binarize": "none",
+                                    "data.val_fraction": 0.0001, "train.epochs": epochs})
+    data = load_data(cfg.data)
+    seconds = {}
+    for flush in (True, False):
+        rows: list[float] = []
+        torch.set_flush_denormal(flush)
+        setting = functools.partial(torch.set_flush_denormal, flush)  # what training switches on, here
+        with tempfile.TemporaryDirectory() as tmp, unittest.mock.patch("vaelab.training.enable_flush_denormals",
+                                                                      setting):
+            train(cfg, Path(tmp) / "run", progress=False, data=data,
+                  hook=lambda row, _, rows=rows: rows.append(row["seconds"]))
+        seconds[flush] = rows[-1]
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+    on, off = (seconds[f] / 469 * 1e3 for f in (True, False))
+    print(f"  subnormals flushed (default) {on:6.2f} ms/step, not flushed {off:6.2f} ms/step in epoch {epochs} "
+          f"(1 thread): {off / on:.2f}x slower without")
 
 
 def figure_seconds(data_dir: Path) -> None:
@@ -333,6 +384,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for both sides (0 = PyTorch's default: one per core)")
     args = parser.parse_args()
+    if not args.reference_script:
+        from vaelab.training import enable_flush_denormals
+
+        enable_flush_denormals()  # as `vaelab train` does first thing (see vaelab.training)
     if args.threads:
         torch.set_num_threads(args.threads)
         args.vaelab_flag = [*args.vaelab_flag, f"--threads={args.threads}"]
@@ -357,6 +412,7 @@ def main() -> None:
     if args.levers:
         print("levers (each switched alone):")
         lever_step_times(args.data_dir, steps=100, rounds=3)
+        flush_lever(args.data_dir)
         figure_seconds(args.data_dir)
     if not args.skip_commands:
         whole_commands(args.data_dir, args.command_epochs, args.repeats, args.vaelab_flag)

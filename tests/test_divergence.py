@@ -23,6 +23,7 @@ from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.data.base import ImageData, Split
 from vaelab.errors import DivergenceError
+from vaelab.fused import FusedELBOStep
 from vaelab.models import VAE
 from vaelab.models.posterior import LOG_VAR_MAX, LOG_VAR_MIN, DiagonalGaussian
 from vaelab.objectives import elbo_loss
@@ -90,14 +91,25 @@ def test_nan_in_data_mid_run_leaves_last_checkpoint_byte_identical(tmp_path, fak
     assert (run / CHECKPOINT_FILE).read_bytes() == (reference / CHECKPOINT_FILE).read_bytes()
 
 
-def test_nan_gradient_behind_a_finite_loss_names_its_step(tmp_path, fake_mnist):
+@pytest.mark.parametrize("step", ["autograd", "fused"])
+def test_nan_gradient_behind_a_finite_loss_names_its_step(tmp_path, fake_mnist, monkeypatch, step):
     """A gradient turns NaN while the loss is finite: the message names that step, not the next."""
     cfg = _cfg(fake_mnist)
+    cfg.train.step = step
+    poisoned = []
+    likelihood = FusedELBOStep._likelihood
+
+    def nan_likelihood_gradient(self, x, r):  # the fused step's d recon / d r, NaN once poisoned
+        recon, grad = likelihood(self, x, r)
+        return recon, grad.fill_(float("nan")) if poisoned else grad
+
+    monkeypatch.setattr(FusedELBOStep, "_likelihood", nan_likelihood_gradient)
 
     def poison_gradients(row, model) -> None:
         if row["epoch"] == 1:  # from epoch 2's first step on, one weight's gradient is NaN
             weight = next(model.parameters())
-            weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+            weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))  # autograd
+            poisoned.append(True)  # fused
 
     with pytest.raises(DivergenceError) as info:
         train(copy.deepcopy(cfg), tmp_path / "run", progress=False, hook=poison_gradients)

@@ -33,6 +33,9 @@ Activation = Literal["relu", "tanh", "elu", "gelu"]
 Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
+StepKind = Literal["auto", "fused", "autograd"]
+# What the hand-derived step in vaelab.fused covers (checked again there, with the process count).
+FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
 
 
 @dataclass
@@ -123,7 +126,10 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
     device: Device = "auto"
-    precision: Precision = "fp32"  # bf16 autocast is a speed lever, off by default
+    precision: Precision = "fp32"  # bf16 matmuls are a speed lever, off by default
+    # How gradients are computed: "fused" = the hand-derived MLP/ELBO step (vaelab.fused),
+    # "autograd" = loss.backward(); "auto" = fused wherever it applies.
+    step: StepKind = "auto"
     compile: bool = False  # torch.compile the model (fails soft)
     threads: int = 0  # torch intra-op threads; 0 = leave PyTorch's default
     tensorboard: bool = False  # also log scalars and images to <run>/tensorboard (vaelab.tracking)
@@ -176,6 +182,12 @@ class RunConfig:
         self.train.validate()
         if self.model.conditional and self.model.num_classes == 1:
             raise ConfigError("a conditional model needs a labelled dataset with at least 2 classes")
+        if self.train.step == "fused" and (self.model.arch != "mlp" or self.train.objective != "elbo"
+                                           or self.model.activation not in FUSED_ACTIVATIONS
+                                           or self.train.compile or self.train.precision != "fp32"):
+            raise ConfigError(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
+                              f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
+                              f"use --step auto or autograd")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,7 +98,10 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--grad-clip", "train.grad_clip", float, "clip the global gradient norm (0 = off)"),
     Flag("--checkpoint-every", "train.checkpoint_every", int, "also checkpoint every N steps (0 = epoch ends)"),
     Flag("--device", "train.device", str, "auto, cpu or cuda", ("auto", "cpu", "cuda")),
-    Flag("--precision", "train.precision", str, "fp32 (default) or bf16 autocast", ("fp32", "bf16")),
+    Flag("--precision", "train.precision", str, "fp32 (default) or bf16 matmuls (float32 weights and loss)",
+         ("fp32", "bf16")),
+    Flag("--step", "train.step", str, "auto (default): the hand-derived MLP/ELBO step where it applies; "
+         "fused; autograd", ("auto", "fused", "autograd")),
     Flag("--compile", "train.compile", None, "torch.compile the model (falls back to eager)", is_switch=True),
     Flag("--threads", "train.threads", int, "CPU threads (0 = PyTorch's default)"),
     Flag("--tensorboard", "train.tensorboard", None,

@@ -52,8 +52,9 @@ DEMO_GAUSSIAN_STD = 0.15
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
     from vaelab.tracking import require_tensorboard
-    from vaelab.training import resume, train
+    from vaelab.training import enable_flush_denormals, resume, train
 
+    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see training.py)
     if args.resume:
         overrides = flag_overrides(args)
         unexpected = sorted(set(overrides) - {"train.epochs"})
@@ -78,8 +79,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """`vaelab demo`: the paper's set-up on the bundled digits, with a stronger reconstruction weight."""
     from vaelab.runs import default_run_dir
-    from vaelab.training import train
+    from vaelab.training import enable_flush_denormals, train
 
+    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see training.py)
     cfg = build_config(None, None, {
         "data.dataset": "digits", "model.arch": "mlp", "model.latent_dim": 2, "model.likelihood": "gaussian",
         "model.hidden": [256, 128], "train.epochs": args.epochs, "train.batch_size": 64,

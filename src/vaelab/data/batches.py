@@ -62,18 +62,20 @@ def iterate_batches(
     start: int = 0,
     order: Optional[torch.Tensor] = None,
     shard: tuple[int, int] = (0, 1),
+    with_labels: bool = True,
 ) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """Yield (x float (B, C, H, W), y int64 (B,) or None) batches from `split`.
 
     `order`/`start` let a resumed run continue mid-epoch: pass the epoch's permutation and the
     index of the first batch not yet seen. `shard=(rank, world_size)` yields only this rank's
-    rows of each global batch of `batch_size` (see `shard_rows`).
+    rows of each global batch of `batch_size` (see `shard_rows`). `with_labels=False` yields
+    y = None and skips gathering the labels.
     """
     n = len(split)
     rank, world_size = shard
     if order is None and shuffle:
         order = torch.randperm(n, generator=generator)
-    images, labels = split.images, split.labels
+    images, labels = split.images, split.labels if with_labels else None
     if order is not None:
         order = order.to(images.device)  # one transfer per epoch when the split lives on a GPU
     for i in range(start, (n + batch_size - 1) // batch_size):
