@@ -179,7 +179,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], data_gen
 
 # ---- training checkpoints ---------------------------------------------------------------------
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any,
                     data_generator: torch.Generator, state: dict[str, Any],
                     extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write model + optimizer + RNG + loop `state` (JSON-able) into one safetensors file.
@@ -217,7 +217,7 @@ def _checkpoint_info(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
     return None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any,
                     data_generator: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore everything `save_checkpoint` wrote; returns (loop state, extra tensors)."""
     tensors, metadata = read_safetensors(path)

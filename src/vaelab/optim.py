@@ -1,81 +1,137 @@
-"""The optimiser: Adam with PyTorch's fused kernel, and a lean way to take its step.
+"""The optimiser: Adam (Kingma & Ba 2015), lean, with torch.optim.Adam's checkpoint layout.
 
-`make_optimizer` builds `torch.optim.Adam(fused=True)` (one kernel per parameter tensor: about
-30% faster steps on a CPU than the default implementation), or the default where PyTorch has no
-fused kernel for the device.
+Why not `torch.optim.Adam` itself: its constructor and `step()` go through decorators that
+import `torch._dynamo` on first use, about 2 s of every `vaelab train` start-up on 2 CPU cores,
+and its `step()` spends about 0.25 ms of Python bookkeeping per call (grouping tensors by device
+and dtype, state look-ups), 7% of the MNIST recipe's step (benchmarks/train_speed.py).
 
-`AdamStep` takes the same step as `optimizer.step()` for that optimiser, minus torch.optim's
-per-call Python work (grouping the tensors by device and dtype, state look-ups, checks): about
-0.25 ms a step on a CPU, 7% of the MNIST recipe's step (benchmarks/train_speed.py). It calls
-the very kernel `optimizer.step()` calls, on the optimiser's own state tensors, so checkpoints
-and `state_dict()` are unchanged; tests/test_optim.py checks it bit for bit against
-`optimizer.step()`. Anything unusual (no state yet, several groups, amsgrad, weight decay,
-`maximize`, no fused kernel) goes through `optimizer.step()`.
+`Adam` here calls the very kernel `torch.optim.Adam(fused=True)` calls, `torch._fused_adam_`
+(one kernel per parameter tensor), on the same state: `step` (float32 scalar tensor),
+`exp_avg`, `exp_avg_sq`; where PyTorch has no fused kernel (an old PyTorch, another device) it
+takes the same step as torch.optim's single-tensor implementation. `state_dict()` /
+`load_state_dict()` use torch.optim.Adam's layout, so checkpoints move between the two.
+tests/test_optim.py checks both paths bit for bit against `torch.optim.Adam`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-
-def make_optimizer(model: nn.Module, tc) -> torch.optim.Optimizer:
-    """Adam (fused kernel where available) over the model's parameters, from a `TrainConfig`."""
-    kwargs = dict(lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
-    try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), **kwargs)
+# torch.optim.Adam's hyper-parameters beyond lr / betas / eps, as it records them; vaelab's Adam
+# supports exactly these values (plain Adam).
+_FIXED = {"weight_decay": 0, "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+          "differentiable": False, "decoupled_weight_decay": False}
 
 
-class AdamStep:
-    """Callable: one Adam step of `optimizer` (see the module docstring)."""
+def make_optimizer(model: nn.Module, tc) -> Adam:
+    """Adam over the model's parameters, from a `TrainConfig` (lr, adam_betas, adam_eps)."""
+    return Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        self.lists: Optional[tuple[list[torch.Tensor], ...]] = None  # params, exp_avgs, exp_avg_sqs, steps
 
-    def _lean_lists(self) -> Optional[tuple[list[torch.Tensor], ...]]:
-        """The optimiser's tensors for the lean call, or None where it does not apply."""
-        opt = self.optimizer
-        if not isinstance(opt, torch.optim.Adam) or len(opt.param_groups) != 1 or not hasattr(torch, "_fused_adam_"):
-            return None
-        group = opt.param_groups[0]
-        if (not group.get("fused") or group["amsgrad"] or group["weight_decay"] or group["maximize"]
-                or group.get("differentiable") or group.get("capturable") or group.get("decoupled_weight_decay")):
-            return None
-        params = list(group["params"])
-        states = [opt.state.get(p) for p in params]
-        if not params or any(not s or "exp_avg" not in s for s in states):
-            return None  # no state before the first step: torch.optim creates it
-        devices = {p.device for p in params} | {s["step"].device for s in states}
-        if len(devices) != 1 or any(p.dtype != torch.float32 for p in params):
-            return None
-        return params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], \
-            [s["step"] for s in states]
+def _fused_kernel_for(params: list[torch.Tensor]) -> bool:
+    """Whether torch._fused_adam_ can update these parameters (float32/16 on a CPU or a GPU)."""
+    return (hasattr(torch, "_fused_adam_") and bool(params)
+            and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                    for p in params)
+            and len({p.device for p in params}) == 1)
 
-    def _stale(self) -> bool:
-        """Whether the cached lists no longer are the optimiser's (e.g. after `load_state_dict`)."""
-        if self.lists is None:
-            return True
-        opt, params = self.optimizer, self.lists[0]
-        group = opt.param_groups[0]["params"]
-        state = opt.state.get(params[0])
-        return (len(group) != len(params) or any(a is not b for a, b in zip(group, params))
-                or not state or state.get("exp_avg") is not self.lists[1][0])
 
-    def __call__(self) -> None:
-        if self._stale():
-            self.lists = self._lean_lists()
-        if self.lists is None or any(p.grad is None for p in self.lists[0]):
-            self.optimizer.step()
+class Adam:
+    """Adam with one parameter group; `step()`, `zero_grad()`, `state_dict()`, `load_state_dict()`,
+    and `param_groups[0]["lr"]` to change the learning rate, as with torch.optim."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.fused = _fused_kernel_for(self.params)
+        self.param_groups: list[dict[str, Any]] = [{
+            "lr": lr, "betas": tuple(betas), "eps": eps, **_FIXED, "fused": self.fused or None,
+            "params": self.params}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    # ---- the step ---------------------------------------------------------------------------
+    def _slots(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        slots = self.state.get(p)
+        if slots is None:  # created at a parameter's first step, as torch.optim does
+            step_device = p.device if self.fused else torch.device("cpu")
+            slots = self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=step_device),
+                                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return slots
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam update of every parameter that has a gradient (the others are left alone)."""
+        group = self.param_groups[0]
+        params = [p for p in self.params if p.grad is not None]
+        if not params:
             return
-        params, exp_avgs, exp_avg_sqs, steps = self.lists
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
-                           lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=0.0,
-                           eps=float(group["eps"]), amsgrad=False, maximize=False)
+        slots = [self._slots(p) for p in params]
+        grads = [p.grad for p in params]
+        steps = [s["step"] for s in slots]
+        exp_avgs = [s["exp_avg"] for s in slots]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in slots]
+        lr, eps = float(group["lr"]), float(group["eps"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        if self.fused:
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+            return
+        for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+            # torch.optim's single-tensor Adam, step for step (same rounding).
+            t += 1
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            step = float(t.item())
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+            p.addcdiv_(m, denom, value=-lr / bias_correction1)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    # ---- checkpoints (torch.optim.Adam's layout) --------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """{"state": {index: {step, exp_avg, exp_avg_sq}}, "param_groups": [{..., "params": [indices]}]}."""
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        group["params"] = list(range(len(self.params)))
+        state = {i: dict(self.state[p]) for i, p in enumerate(self.params) if p in self.state}
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore `state_dict()` output (or torch.optim.Adam's); ValueError if it does not fit."""
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != 1 or len(groups[0].get("params", ())) != len(self.params):
+            raise ValueError("optimizer state does not match the model's parameters")
+        saved = groups[0]
+        for key, value in _FIXED.items():
+            if bool(saved.get(key, value)) != bool(value):
+                raise ValueError(f"optimizer state uses {key}={saved[key]!r}, which vaelab's Adam does not")
+        state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        for index, slots in (state_dict.get("state") or {}).items():
+            p = self.params[int(index)]
+            if set(slots) != {"step", "exp_avg", "exp_avg_sq"}:
+                raise ValueError(f"optimizer state {index} has slots {sorted(slots)}")
+            if slots["exp_avg"].shape != p.shape or slots["exp_avg_sq"].shape != p.shape:
+                raise ValueError(f"optimizer state {index} has shape {tuple(slots['exp_avg'].shape)}, "
+                                 f"the parameter {tuple(p.shape)}")
+            step_device = p.device if self.fused else torch.device("cpu")
+            state[p] = {"step": torch.as_tensor(slots["step"]).to(step_device, torch.float32).clone(),
+                        "exp_avg": slots["exp_avg"].to(p.device, p.dtype).clone(),
+                        "exp_avg_sq": slots["exp_avg_sq"].to(p.device, p.dtype).clone()}
+        group = self.param_groups[0]
+        group["lr"], group["eps"] = float(saved["lr"]), float(saved["eps"])
+        group["betas"] = tuple(float(b) for b in saved["betas"])
+        self.state = state
+

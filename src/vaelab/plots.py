@@ -90,7 +90,11 @@ def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 
     order = encoded.kl_per_dim().argsort(descending=True)[:max_dims].tolist()
     cols = min(4, len(order))
     rows = math.ceil(len(order) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    # Shared x axis, fixed margins instead of tight_layout, few ticks: a 16-panel figure takes
+    # about a quarter of the time tight_layout and per-panel tick labels took.
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.1 * rows + 0.6), squeeze=False, sharex=True)
+    fig.subplots_adjust(left=0.03, right=0.98, bottom=0.6 / (2.1 * rows + 0.6) * 0.9, top=1 - 0.55 / (2.1 * rows + 0.6),
+                        wspace=0.08, hspace=0.35)
     grid = np.linspace(-4, 4, 200)
     density = np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi)
     for ax, d in zip(axes.flat, order):
@@ -98,13 +102,14 @@ def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 
         ax.hist(codes[:, d].numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.6,
                 histtype="stepfilled")
         ax.plot(grid, density, color="black", lw=1.2, label="N(0, 1)")
-        ax.set_title(f"z[{d}]", fontsize=9)
+        ax.set_title(f"z[{d}]", fontsize=9, pad=2)
         ax.set_yticks([])
+        ax.set_xticks([-4, -2, 0, 2, 4])
+        ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Latent codes of the test set per dimension, against the prior")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -62,7 +62,7 @@ from vaelab.fused import make_fused_step
 from vaelab.models import VAE
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
-from vaelab.optim import AdamStep, make_optimizer
+from vaelab.optim import Adam, make_optimizer
 from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir, read_metrics
 
 # Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
@@ -267,7 +267,6 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     if tc.compile:
         step_loss = _try_compile(step_loss, train_split, tc, ctx, autocast, use_labels, optimizer)
     fused = make_fused_step(model, cfg, ctx.world_size)  # None: autograd computes the gradients
-    adam_step = AdamStep(optimizer)
 
     def compute_gradients(x: torch.Tensor, y: Optional[torch.Tensor], beta: float, global_batch: int) -> LossParts:
         """The step's loss parts; leaves d(objective)/d(parameter) in every `.grad`."""
@@ -329,7 +328,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 raise DivergenceError(divergence_message(epoch + 1, step, checkpoint_path, what))
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            adam_step()  # = optimizer.step(), lean (vaelab.optim)
+            optimizer.step()
             count += global_batch
             state["batch"] += 1
             state["step"] += 1
@@ -380,7 +379,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
 
 
 def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autocast: dict, use_labels: bool,
-                 optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+                 optimizer: Adam) -> torch.nn.Module:
     """`torch.compile` the per-step loss if it compiles and runs here; otherwise eager, with a warning.
 
     Compilation is lazy (it happens at the first call, the backward graph at the first
