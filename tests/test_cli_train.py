@@ -64,3 +64,15 @@ def test_usage_errors_are_one_line_with_exit_code_2(capsys):
     assert main(["no-such-command"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["--version"]) == 0
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """`vaelab --help`, a subcommand's --help and a usage error answer without importing torch (~1.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vaelab.cli import main\nfor argv in (['--help'], ['eval', '--help'], ['sample', '--help'],"
+            " ['train', '--epochs', 'abc']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"

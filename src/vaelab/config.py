@@ -22,6 +22,11 @@ from vaelab.errors import ConfigError
 # Bumped whenever the meaning of a saved field changes; configs from a newer version are refused.
 CONFIG_VERSION = 1
 MAX_SEED = 2**63  # torch, numpy and Python all accept seeds in 0..2**63-1
+# `vaelab eval`'s importance samples (here, not in vaelab.evaluate, so the CLI can show them
+# without importing torch): K = 5000 is the standard for reported likelihoods (Burda et al. 2015).
+DEFAULT_IW_SAMPLES = 5000
+MAX_IW_SAMPLES = 1_000_000
+
 # A hand-edited or hostile config must not make `VAE(...)` allocate until the machine dies.
 MAX_PARAMETERS = 2_000_000_000
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from vaelab.config import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES  # noqa: F401 (re-exported)
 from vaelab.data.base import Split
 from vaelab.data.batches import iterate_batches
 from vaelab.objectives import elbo_loss, log_importance_weights
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from vaelab.models import VAE
 
 EVAL_SEED = 1234
-DEFAULT_IW_SAMPLES = 5000  # the standard K for reported likelihoods (Burda et al. 2015)
-MAX_IW_SAMPLES = 1_000_000
 ACTIVE_UNIT_THRESHOLD = 0.01  # Cov_x(E_q[z_d]) above this counts as active (Burda et al. 2015)
 ELBO_SAMPLES = 10  # posterior draws per image for the reconstruction term of the reported ELBO
 # Decoded samples per chunk (K_chunk * B): large enough for efficient matmuls, small enough that

@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vaelab.config import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
 from vaelab.errors import ConfigError, RunError
-from vaelab.evaluate import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
 
 EVAL_FILE = "eval.json"
 

@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from vaelab.cli.options import int_list
 from vaelab.errors import ConfigError, DataError, RunError
 
+if TYPE_CHECKING:
+    import torch
+
 CLASS_MEAN_IMAGES = 10_000  # training images averaged per attribute direction (a seeded subset)
 DEFAULT_TRAVERSE_ROWS = 10
+
+
+def _inference_mode(fn):
+    """`torch.inference_mode()` around fn, importing torch at the first call, not when the CLI
+    starts (`vaelab --help` stays light)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 class RunContext:
@@ -82,6 +96,8 @@ class RunContext:
 
     def inputs(self, specs: list[str]) -> tuple[torch.Tensor, list[Optional[int]]]:
         """Dataset indices or image files -> float (N, C, H, W) and each input's label (or None)."""
+        import torch
+
         from vaelab.data.batches import to_float
         from vaelab.latent import load_image_files
 
@@ -134,6 +150,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """Carry out `vaelab reconstruct` with the parsed `args`; return the exit code."""
+    import torch
+
     from vaelab.latent import reconstruct_images
 
     ctx = RunContext(args)
@@ -195,6 +213,8 @@ def run_manifold(args: argparse.Namespace) -> int:
 
 def run_edit(args: argparse.Namespace) -> int:
     """Carry out `vaelab edit` with the parsed `args`; return the exit code."""
+    import torch
+
     from vaelab.latent import edit_images, relabel_images
 
     ctx = RunContext(args)
@@ -239,9 +259,11 @@ def base_code(ctx: RunContext, image: Optional[str],
     return encode_one(ctx, x[0], y), y
 
 
-@torch.inference_mode()
+@_inference_mode
 def encode_one(ctx: RunContext, x: torch.Tensor, y: Optional[int]) -> torch.Tensor:
     """Posterior mean (D,) of one image."""
+    import torch
+
     cond = None if y is None else torch.tensor([y], device=ctx.model.device)
     if ctx.model.conditional and cond is None:
         raise ConfigError("this run is conditional; give the image's label with --label")
@@ -263,9 +285,11 @@ def label_direction(ctx: RunContext, args: argparse.Namespace, own_label: Option
     return target - class_mean(encoded, source)
 
 
-@torch.inference_mode()
+@_inference_mode
 def folder_direction(ctx: RunContext, args: argparse.Namespace) -> torch.Tensor:
     """Mean code of the --toward-folder images minus that of the --from-folder images."""
+    import torch
+
     from vaelab.latent import attribute_vector, load_image_folder
 
     if args.toward_folder is None or args.from_folder is None:
