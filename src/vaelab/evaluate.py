@@ -34,9 +34,11 @@ if TYPE_CHECKING:
 EVAL_SEED = 1234
 ACTIVE_UNIT_THRESHOLD = 0.01  # Cov_x(E_q[z_d]) above this counts as active (Burda et al. 2015)
 ELBO_SAMPLES = 10  # posterior draws per image for the reconstruction term of the reported ELBO
-# Decoded samples per chunk (K_chunk * B): large enough for efficient matmuls, small enough that
-# a (K_chunk, B, C, H, W) likelihood parameter stays in the tens of megabytes for MNIST.
-CHUNK_SAMPLES = 8192
+# Decoded samples per chunk (K_chunk * B), per device type. On a CPU, 2048 (a (2048, 784) float32
+# block is 6.4 MB): with 8192 (25 MB blocks) the fresh memory each chunk's tensors touch cost
+# more than the larger matmuls gain (L_5000 of 100 MNIST images, 2 cores: 3.2 s vs 1.8 s). On a
+# GPU, large chunks keep it busy.
+CHUNK_SAMPLES = {"cpu": 2048, "cuda": 65536}
 DENSITY_NOTE = ("gaussian likelihood: a density on [0, 1] pixel values, not comparable with "
                 "discrete-data (binarised MNIST) likelihoods")
 
@@ -86,13 +88,13 @@ def iwae_bound(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_sampl
                generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """L_K per image (Burda et al. 2015): x (B, C, H, W) -> (B,), K = `num_samples`, in nats.
 
-    Draws K samples in chunks of `chunk_size` (default CHUNK_SAMPLES // B) so memory does not grow
+    Draws K samples in chunks of `chunk_size` (default CHUNK_SAMPLES[device] // B) so memory does not grow
     with K. L_1 is an unbiased estimate of the ELBO; E[L_K] increases with K towards log p(x).
     """
     if posterior is None:
         posterior = model.encode(x, y)
     batch = x.shape[0]
-    chunk = chunk_size or max(1, CHUNK_SAMPLES // batch)
+    chunk = chunk_size or max(1, CHUNK_SAMPLES.get(x.device.type, CHUNK_SAMPLES["cpu"]) // batch)
 
     def chunks() -> Iterator[torch.Tensor]:
         for start in range(0, num_samples, chunk):
