@@ -71,8 +71,26 @@ def test_help_and_usage_errors_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom vaelab.cli import main\nfor argv in (['--help'], ['eval', '--help'], ['sample', '--help'],"
-            " ['train', '--epochs', 'abc']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+    code = ("import sys\nfrom vaelab.cli import main\n"
+            "for argv in (['--help'], ['eval', '--help'], ['sample', '--help'], ['train', '--epochs', 'abc']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_figures_failing_on_a_full_disk_is_one_line_and_keeps_the_weights(tmp_path, capsys, fake_mnist, monkeypatch):
+    import errno
+
+    import vaelab.plots
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vaelab.plots, "write_run_figures", full_disk)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--hidden", "16", "--latent-dim", "2",
+                 "--epochs", "1", "--batch-size", "16", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.count("\n") == 0 and "No space left on device" in err and "Traceback" not in err
+    assert vaelab.load(out).decode(torch.zeros(1, 2)).shape == (1, 1, 28, 28)  # the weights were saved first

@@ -374,7 +374,12 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         from vaelab.plots import write_run_figures
 
         model.eval()
-        write_run_figures(model, data, run_dir, seed=tc.seed)
+        try:
+            write_run_figures(model, data, run_dir, seed=tc.seed)
+        except OSError as exc:  # e.g. a full disk: training is done and saved, only pictures are missing
+            raise RunError(f"training finished and {run_dir / WEIGHTS_FILE} is saved, but its figures could not "
+                           f"be written ({exc.strerror or exc}); free space, then draw them with "
+                           f"vaelab.plots.write_run_figures(vaelab.load(RUN), data, RUN)") from None
     return run_dir
 
 
