@@ -186,3 +186,25 @@ def test_eval_missing_run_gives_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2  # a folder that is not a run
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vaelab: error: ")
+
+
+def test_dynamic_binarisation_bits_do_not_depend_on_the_batch_size():
+    """`reconstructions` (batches of 500) and `evaluate_split` (batches of 100) score the same
+    binarised images only if the seeded draws do not depend on how the split is batched."""
+    import torch
+
+    from vaelab.data.base import Split
+    from vaelab.data.batches import iterate_batches
+
+    split = Split((torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8),
+                  None)
+
+    def bits(batch_size: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(5)
+        return torch.cat([x for x, _ in iterate_batches(split, batch_size, shuffle=False, generator=gen,
+                                                        dynamic_binarize=True)])
+
+    reference = bits(100)
+    assert set(reference.unique().tolist()) == {0.0, 1.0}
+    for batch_size in (500, 37, 1000):
+        assert torch.equal(bits(batch_size), reference), batch_size
