@@ -288,7 +288,7 @@ def flush_lever(data_dir: Path, epochs: int = 3) -> None:
         rows: list[float] = []
         torch.set_flush_denormal(flush)
         setting = functools.partial(torch.set_flush_denormal, flush)  # what training switches on, here
-        with tempfile.TemporaryDirectory() as tmp, unittest.mock.patch("vaelab.training.enable_flush_denormals",
+        with tempfile.TemporaryDirectory() as tmp, unittest.mock.patch("vaelab.runtime.enable_flush_denormals",
                                                                       setting):
             train(cfg, Path(tmp) / "run", progress=False, data=data,
                   hook=lambda row, _, rows=rows: rows.append(row["seconds"]))
@@ -386,9 +386,9 @@ def main() -> None:
                         help="torch threads for both sides (0 = PyTorch's default: one per core)")
     args = parser.parse_args()
     if not args.reference_script:
-        from vaelab.training import enable_flush_denormals
+        from vaelab.runtime import enable_flush_denormals
 
-        enable_flush_denormals()  # as `vaelab train` does first thing (see vaelab.training)
+        enable_flush_denormals()  # as `vaelab train` does first thing (see vaelab.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
         args.vaelab_flag = [*args.vaelab_flag, f"--threads={args.threads}"]

@@ -145,7 +145,7 @@ def test_fused_and_autograd_steps_train_the_same_model(tmp_path, fake_mnist):
 
 
 def test_flush_denormals_is_scoped_to_training():
-    from vaelab.training import flush_denormals
+    from vaelab.runtime import flush_denormals
 
     tiny = torch.tensor([1e-39])  # subnormal in float32
     with flush_denormals():

@@ -20,14 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from vaelab import __version__
@@ -64,6 +61,7 @@ from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
 from vaelab.optim import Adam, make_optimizer
 from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir, read_metrics
+from vaelab.runtime import flush_denormals, seed_everything
 
 # Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
 ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
@@ -78,13 +76,6 @@ EVAL_BATCH = {"cuda": 10000, "cpu": 1000}
 def pick_device(name: str) -> torch.device:
     """`--device` auto/cpu/cuda -> a torch.device (auto = cuda when available)."""
     return device_for(name, DistContext())
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def lr_multiplier(schedule: list[list[float]], epoch: int) -> float:
@@ -183,31 +174,6 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
     except OSError as exc:  # e.g. a full disk: a partial line is dropped on resume
         raise RunError(f"cannot write {path}: {exc.strerror or exc}; the last checkpoint is intact, "
                        f"continue with --resume {path.parent}") from None
-
-
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Treat subnormal floats (below 1.2e-38) as zero on the CPU while training; off again after.
-
-    Adam's first-moment estimates for weights that never get a gradient (MNIST's always-black
-    border pixels give the first layer nothing) shrink by beta1 = 0.9 a step and turn subnormal
-    after about 800 steps; CPU arithmetic on subnormals is slow, and a 784-400-20 MLP's step
-    measured about 25% slower from the second epoch on. Flushing changes no value above 1e-38.
-
-    The setting is per thread, and PyTorch's worker threads copy it from the main thread when
-    they are created (at the first parallel op): the CLI turns it on before any torch work
-    (`enable_flush_denormals`); here it covers the main thread when `train` is called from Python.
-    """
-    enable_flush_denormals()
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def enable_flush_denormals() -> None:
-    """Flush subnormals to zero on this thread and on worker threads created from now on."""
-    torch.set_flush_denormal(True)
 
 
 def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,

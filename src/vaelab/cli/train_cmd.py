@@ -51,10 +51,11 @@ DEMO_GAUSSIAN_STD = 0.15
 
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
+    from vaelab.runtime import enable_flush_denormals
     from vaelab.tracking import require_tensorboard
-    from vaelab.training import enable_flush_denormals, resume, train
+    from vaelab.training import resume, train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see training.py)
+    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     if args.resume:
         overrides = flag_overrides(args)
         unexpected = sorted(set(overrides) - {"train.epochs"})
@@ -79,9 +80,10 @@ def run_train(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """`vaelab demo`: the paper's set-up on the bundled digits, with a stronger reconstruction weight."""
     from vaelab.runs import default_run_dir
-    from vaelab.training import enable_flush_denormals, train
+    from vaelab.runtime import enable_flush_denormals
+    from vaelab.training import train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see training.py)
+    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     cfg = build_config(None, None, {
         "data.dataset": "digits", "model.arch": "mlp", "model.latent_dim": 2, "model.likelihood": "gaussian",
         "model.hidden": [256, 128], "train.epochs": args.epochs, "train.batch_size": 64,
