@@ -106,6 +106,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` of `text` as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -124,6 +125,7 @@ def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """The model's state_dict as safetensors, written atomically (what `vaelab.load` reads)."""
     atomic_write_bytes(path, st_save(_contiguous_cpu(model.state_dict())))
 
 
@@ -154,6 +156,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 # ---- RNG state <-> tensors / JSON -------------------------------------------------------------
 
 def rng_state(data_generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG a run draws from: torch (CPU, CUDA), the data generator as tensors; NumPy and Python as JSON."""
     tensors = {"rng.torch": torch.get_rng_state(), "rng.data": data_generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -167,6 +170,7 @@ def rng_state(data_generator: torch.Generator) -> tuple[dict[str, torch.Tensor],
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], data_generator: torch.Generator) -> None:
+    """Put back what `rng_state` saved."""
     torch.set_rng_state(tensors["rng.torch"])
     data_generator.set_state(tensors["rng.data"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

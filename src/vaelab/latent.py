@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class EncodedSplit:
+    """Posterior statistics of every image of a split (see `encode_split`)."""
     mean: torch.Tensor  # (N, D) posterior means
     log_var: torch.Tensor  # (N, D)
     labels: Optional[torch.Tensor]  # (N,) or None

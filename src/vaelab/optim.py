@@ -95,6 +95,7 @@ class Adam:
             p.addcdiv_(m, denom, value=-lr / bias_correction1)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop (or zero) every parameter's gradient, as torch.optim does."""
         for p in self.params:
             if set_to_none:
                 p.grad = None

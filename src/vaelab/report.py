@@ -48,6 +48,7 @@ figcaption { color: #444; font-size: 0.9em; margin-top: 0.3em; } code { backgrou
 
 @dataclass
 class ReportFigure:
+    """One figure of the HTML report: a title, a caption and the PNG bytes."""
     title: str
     caption: str  # plain text; escaped when rendered
     png: bytes

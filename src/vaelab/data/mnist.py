@@ -32,6 +32,7 @@ FILES = {
 
 @dataclass(frozen=True)
 class IdxSource:
+    """A dataset published as four gzipped IDX files: where to download them and their checksums."""
     name: str
     mirrors: tuple[str, ...]
     md5: dict[str, str]  # gzip file name -> MD5 of the published .gz

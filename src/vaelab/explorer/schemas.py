@@ -22,26 +22,31 @@ DataUrl = Annotated[str, Field(description="a PNG as a data: URL")]
 
 
 class DecodeRequest(BaseModel):
+    """POST /api/decode: one latent vector (and a label for conditional runs)."""
     z: LatentVector = Field(description=f"latent vector of length latent_dim, values in [-{Z_LIMIT:g}, {Z_LIMIT:g}]")
     label: Label = None
 
 
 class BatchDecodeRequest(BaseModel):
+    """POST /api/decode_batch: several latent vectors decoded in one call (e.g. a slider scrub)."""
     z: Annotated[list[LatentVector], Field(min_length=1, max_length=MAX_BATCH)] = Field(
         description=f"1..{MAX_BATCH} latent vectors")
     label: Label = None
 
 
 class DecodedImage(BaseModel):
+    """A decoded image with the (clamped) code it came from."""
     z: list[float]
     image: DataUrl
 
 
 class BatchDecodeResponse(BaseModel):
+    """The images of a batch decode, in request order."""
     images: list[DataUrl]
 
 
 class EncodeResponse(BaseModel):
+    """POST /api/encode: an uploaded image's posterior, map position and reconstruction."""
     z: list[float] = Field(description="posterior mean of the uploaded image")
     log_var: list[float]
     coords: list[float] = Field(description="the code's position on the 2-D map")
@@ -51,6 +56,7 @@ class EncodeResponse(BaseModel):
 
 
 class DataItem(BaseModel):
+    """One image of the run's split with its code and map position."""
     index: int
     label: Optional[int]
     z: list[float] = Field(description="posterior mean")
@@ -59,6 +65,7 @@ class DataItem(BaseModel):
 
 
 class MapPoints(BaseModel):
+    """The latent map: 2-D coordinates of the split's codes and the projection that made them."""
     x: list[float]
     y: list[float]
     labels: Optional[list[int]]
@@ -68,6 +75,7 @@ class MapPoints(BaseModel):
 
 
 class Meta(BaseModel):
+    """What the page needs to build itself: the model, the data, the limits, the KL-ordered sliders."""
     name: str
     dataset: Optional[str]
     arch: Optional[str]
@@ -89,4 +97,5 @@ class Meta(BaseModel):
 
 
 class ErrorMessage(BaseModel):
+    """Every 4xx answer: one human-readable line."""
     detail: str

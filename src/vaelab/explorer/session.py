@@ -58,6 +58,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class ExplorerSession:
+    """A loaded model and its split for the explorer: encoding, decoding, the latent map, input checks."""
     def __init__(self, model, split: Split, class_names: Sequence[str] = (), *, name: str = "model",
                  max_points: int = DEFAULT_MAX_POINTS, slider_dims: int = DEFAULT_SLIDER_DIMS,
                  z_limit: float = Z_LIMIT, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
