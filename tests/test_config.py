@@ -127,3 +127,18 @@ def test_resume_refuses_a_config_from_a_newer_version(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "newer than this vaelab understands" in err[0]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_every_bad_field_is_reported_at_once(capsys):
+    """Three mistakes in three sections: one line names all three (not one per attempt)."""
+    raw = {"data": {"val_fraction": 2.0}, "model": {"latent_dim": 0}, "train": {"epochs": 0, "lr": -1.0}}
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(raw)
+    message = str(info.value)
+    for expected in ("val_fraction must be in (0, 1)", "latent_dim must be between 1 and 4096",
+                     "epochs must be >= 1", "lr must be in (0, 10]"):
+        assert expected in message
+    assert "\n" not in message
+    assert main(["config", "--epochs", "0", "--batch-size", "0"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "epochs must be >= 1" in err and "batch_size must be >= 1" in err

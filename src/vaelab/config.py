@@ -43,6 +43,12 @@ StepKind = Literal["auto", "fused", "autograd"]
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
 
 
+def _raise_problems(problems: list[str]) -> None:
+    """One ConfigError (one line) listing every problem found, if any."""
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are presented to the model."""
@@ -59,18 +65,24 @@ class DataConfig:
     intensity_window: Optional[list[float]] = None
 
     def validate(self) -> None:
-        """Check every field; raise ConfigError naming the first bad one."""
+        """Check every field; raise one ConfigError listing every bad one."""
+        _raise_problems(self.problems())
+
+    def problems(self) -> list[str]:
+        """One message per bad field (empty: the section is valid)."""
+        problems: list[str] = []
         if self.intensity_window is not None and (
                 len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]):
-            raise ConfigError(f"intensity_window must be [low, high] with low < high, got {self.intensity_window}")
+            problems.append(f"intensity_window must be [low, high] with low < high, got {self.intensity_window}")
         if self.image_size is not None and not 4 <= self.image_size <= 1024:
-            raise ConfigError(f"image_size must be between 4 and 1024, got {self.image_size}")
+            problems.append(f"image_size must be between 4 and 1024, got {self.image_size}")
         if self.channels is not None and self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+            problems.append(f"channels must be 1 or 3, got {self.channels}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.split_seed < MAX_SEED:
-            raise ConfigError(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
+            problems.append(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
+        return problems
 
 
 @dataclass
@@ -93,23 +105,29 @@ class ModelConfig:
     num_classes: int = 0
 
     def validate(self) -> None:
-        """Check every field; raise ConfigError naming the first bad one."""
+        """Check every field; raise one ConfigError listing every bad one."""
+        _raise_problems(self.problems())
+
+    def problems(self) -> list[str]:
+        """One message per bad field (empty: the section is valid)."""
+        problems: list[str] = []
         if not 1 <= self.latent_dim <= 4096:
-            raise ConfigError(f"latent_dim must be between 1 and 4096, got {self.latent_dim}")
+            problems.append(f"latent_dim must be between 1 and 4096, got {self.latent_dim}")
         if len(self.hidden) > 16 or any(h < 1 or h > 65536 for h in self.hidden):
-            raise ConfigError(f"hidden must be at most 16 sizes in 1..65536, got {self.hidden}")
+            problems.append(f"hidden must be at most 16 sizes in 1..65536, got {self.hidden}")
         if not 0.0 < self.gaussian_std <= 100.0:
-            raise ConfigError(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
+            problems.append(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
         if self.image_shape is not None:
             if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1 \
                     or max(self.image_shape[1:]) > 4096:
-                raise ConfigError(f"image_shape must be [C, H, W] with C in (1, 3) and H, W in 1..4096, "
-                                  f"got {self.image_shape}")
-            if approx_parameters(self) > MAX_PARAMETERS:
-                raise ConfigError(f"this model would have about {approx_parameters(self):.3g} parameters "
-                                  f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
+                problems.append(f"image_shape must be [C, H, W] with C in (1, 3) and H, W in 1..4096, "
+                                f"got {self.image_shape}")
+            elif not problems and approx_parameters(self) > MAX_PARAMETERS:  # needs valid sizes
+                problems.append(f"this model would have about {approx_parameters(self):.3g} parameters "
+                                f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
         if not 0 <= self.num_classes <= 100_000:
-            raise ConfigError(f"num_classes must be in 0..100000, got {self.num_classes}")
+            problems.append(f"num_classes must be in 0..100000, got {self.num_classes}")
+        return problems
 
 
 @dataclass
@@ -140,34 +158,40 @@ class TrainConfig:
     tensorboard: bool = False  # also log scalars and images to <run>/tensorboard (vaelab.tracking)
 
     def validate(self) -> None:
-        """Check every field; raise ConfigError naming the first bad one."""
+        """Check every field; raise one ConfigError listing every bad one."""
+        _raise_problems(self.problems())
+
+    def problems(self) -> list[str]:
+        """One message per bad field (empty: the section is valid)."""
+        problems: list[str] = []
         if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if not (0.0 < self.lr <= 10.0) or not math.isfinite(self.lr):
-            raise ConfigError(f"lr must be in (0, 10], got {self.lr}")
+            problems.append(f"lr must be in (0, 10], got {self.lr}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+            problems.append(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if not 0.0 < self.adam_eps < 1.0:
-            raise ConfigError(f"adam_eps must be in (0, 1), got {self.adam_eps}")
+            problems.append(f"adam_eps must be in (0, 1), got {self.adam_eps}")
         if not (0.0 <= self.beta <= 1000.0):
-            raise ConfigError(f"beta must be in [0, 1000], got {self.beta}")
+            problems.append(f"beta must be in [0, 1000], got {self.beta}")
         if self.kl_warmup_epochs < 0:
-            raise ConfigError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+            problems.append(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if not 1 <= self.iw_samples_train <= 10000:
-            raise ConfigError(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
-        for item in self.lr_schedule:
-            if len(item) != 2 or item[0] <= 0 or item[1] <= 0:
-                raise ConfigError(f"lr_schedule entries must be [epochs > 0, multiplier > 0], got {item}")
+            problems.append(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
+        bad_segments = [item for item in self.lr_schedule if len(item) != 2 or item[0] <= 0 or item[1] <= 0]
+        if bad_segments:
+            problems.append(f"lr_schedule entries must be [epochs > 0, multiplier > 0], got {bad_segments[0]}")
         if self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}")
+            problems.append(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+            problems.append(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+            problems.append(f"threads must be >= 0, got {self.threads}")
         if not 0 <= self.seed < MAX_SEED:
-            raise ConfigError(f"seed must be in 0..2**63-1, got {self.seed}")
+            problems.append(f"seed must be in 0..2**63-1, got {self.seed}")
+        return problems
 
 
 @dataclass
@@ -181,18 +205,17 @@ class RunConfig:
     vaelab_version: str = ""
 
     def validate(self) -> RunConfig:
-        """Check every field; raise ConfigError naming the first bad one."""
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
+        """Check every field of every section; raise one ConfigError listing every bad one."""
+        problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
-            raise ConfigError("a conditional model needs a labelled dataset with at least 2 classes")
+            problems.append("a conditional model needs a labelled dataset with at least 2 classes")
         if self.train.step == "fused" and (self.model.arch != "mlp" or self.train.objective != "elbo"
                                            or self.model.activation not in FUSED_ACTIVATIONS
                                            or self.train.compile or self.train.precision != "fp32"):
-            raise ConfigError(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
-                              f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
-                              f"use --step auto or autograd")
+            problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
+                            f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
+                            f"use --step auto or autograd")
+        _raise_problems(problems)
         return self
 
     def to_dict(self) -> dict[str, Any]:
