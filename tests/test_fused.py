@@ -110,3 +110,16 @@ def test_config_refuses_step_fused_where_it_cannot_run(field, value):
     setattr(getattr(cfg, section), key, value)
     with pytest.raises(ConfigError, match="--step fused"):
         cfg.validate()
+
+
+def test_step_fused_under_torchrun_is_refused_before_anything_is_written(tmp_path, fake_mnist, monkeypatch, capsys):
+    from vaelab.cli import main
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)  # what torchrun sets; the check comes before joining the group
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--hidden", "16", "--latent-dim", "2",
+                 "--batch-size", "16", "--step", "fused", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "--step fused trains in one process" in err and err.count("\n") == 0
+    assert not out.exists()

@@ -43,6 +43,14 @@ StepKind = Literal["auto", "fused", "autograd"]
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
 
 
+def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
+    """Whether the hand-derived step (vaelab.fused) covers this set-up: an mlp on the elbo, one of
+    FUSED_ACTIVATIONS, float32, no --compile, one process (DDP averages gradients through
+    autograd's hooks). The one test both the config check and the training loop use."""
+    return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
+            and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
+
+
 def _raise_problems(problems: list[str]) -> None:
     """One ConfigError (one line) listing every problem found, if any."""
     if problems:
@@ -209,9 +217,7 @@ class RunConfig:
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
-        if self.train.step == "fused" and (self.model.arch != "mlp" or self.train.objective != "elbo"
-                                           or self.model.activation not in FUSED_ACTIVATIONS
-                                           or self.train.compile or self.train.precision != "fp32"):
+        if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
                             f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
                             f"use --step auto or autograd")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import FUSED_ACTIVATIONS, RunConfig
+from vaelab.config import FUSED_ACTIVATIONS, RunConfig, fused_step_fits
 from vaelab.errors import ConfigError
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import LOG_VAR_MAX, LOG_VAR_MIN
@@ -56,14 +56,11 @@ assert set(ACTIVATION_GRADS) == set(FUSED_ACTIVATIONS)
 
 
 def supports(model: nn.Module, cfg: RunConfig, world_size: int) -> bool:
-    """Whether `FusedELBOStep` can train this model (else the autograd step is used).
-
-    One process only: DistributedDataParallel averages gradients through autograd hooks.
-    """
-    return (isinstance(getattr(model, "encoder", None), MLPEncoder)
+    """Whether `FusedELBOStep` can train this model (else the autograd step is used): the config
+    fits (`config.fused_step_fits`) and the model is what the step differentiates."""
+    return (fused_step_fits(cfg, world_size)
+            and isinstance(getattr(model, "encoder", None), MLPEncoder)
             and isinstance(getattr(model, "decoder", None), MLPDecoder)
-            and cfg.train.objective == "elbo" and cfg.train.precision == "fp32" and not cfg.train.compile
-            and world_size == 1 and cfg.model.activation in ACTIVATION_GRADS
             and model.likelihood.name in ("bernoulli", "gaussian"))
 
 

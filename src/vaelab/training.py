@@ -39,7 +39,7 @@ from vaelab.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from vaelab.config import RunConfig
+from vaelab.config import RunConfig, fused_step_fits
 from vaelab.data import ImageData, load_data
 from vaelab.data.batches import iterate_batches, to_device
 from vaelab.distributed import (
@@ -118,6 +118,7 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
     cfg = finalize_config(cfg, data)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.data.dataset)
     ctx = context_from_env()  # torchrun's rank and world size (rank 0 of 1 otherwise)
+    _check_step(cfg, ctx)
     device = device_for(cfg.train.device, ctx)
     init_process_group(ctx, device)
     try:
@@ -135,6 +136,13 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
         close_process_group(ctx)
 
 
+def _check_step(cfg: RunConfig, ctx: DistContext) -> None:
+    """`--step fused` under torchrun: refused before anything is written (the config alone
+    cannot know the process count; everything else was checked by `RunConfig.validate`)."""
+    if cfg.train.step == "fused" and not fused_step_fits(cfg, ctx.world_size):
+        raise ConfigError("--step fused trains in one process; under torchrun use --step auto or autograd")
+
+
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] = None,
            hook: Optional[ProgressHook] = None) -> Path:
     """Continue `run_dir` from its last checkpoint (optionally to a new total of `epochs`)."""
@@ -146,6 +154,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] 
     if not checkpoint.is_file():
         raise RunError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from")
     ctx = context_from_env()
+    _check_step(cfg, ctx)
     if ctx.is_main:
         remove_stale_temp_files(run_dir)  # debris of a write that a kill interrupted
     if epochs is not None:
