@@ -113,6 +113,20 @@ def close_process_group(ctx: DistContext) -> None:
             dist.destroy_process_group()
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (a no-op for a single process).
+
+    Called once a run has finished on every rank, before the group is torn down: a rank that
+    destroys its gloo group while a peer is still busy (rank 0 writing the final weights and
+    figures) can abort at exit ("terminate called without an active exception"). Not called
+    on the error path, where a peer may never arrive.
+    """
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place (identity for a single process)."""
     if ctx.enabled:

@@ -46,6 +46,7 @@ from vaelab.distributed import (
     DistContext,
     StepLoss,
     all_reduce_sum,
+    barrier,
     close_process_group,
     context_from_env,
     device_for,
@@ -188,7 +189,9 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
 def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,
          resume_from: Optional[Path], progress: bool, hook: Optional[ProgressHook]) -> Path:
     with flush_denormals():
-        return _fit_loop(cfg, run_dir, data, ctx, device, resume_from=resume_from, progress=progress, hook=hook)
+        _fit_loop(cfg, run_dir, data, ctx, device, resume_from=resume_from, progress=progress, hook=hook)
+    barrier(ctx)  # every rank done (rank 0 wrote the final files) before the group is torn down
+    return run_dir
 
 
 def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,
