@@ -30,6 +30,9 @@ class LossParts(NamedTuple):
     loss: torch.Tensor  # scalar to minimise (batch mean)
     recon: torch.Tensor  # scalar: mean over the batch of -log p(x|z)
     kl: torch.Tensor  # scalar: mean over the batch of KL(q(z|x) || p(z))
+    # Further batch-mean terms to log (e.g. each latent layer's KL), by name: metrics.jsonl gets
+    # train_<name> per epoch. Never part of the loss; never modified (a shared default).
+    extras: dict[str, torch.Tensor] = {}
 
 
 def elbo_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:

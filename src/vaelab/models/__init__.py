@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vaelab.config import ModelConfig
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
@@ -37,4 +38,22 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
 
-__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "NetSpec", "POSTERIORS", "PRIORS", "VAE"]
+# Model families: one class each, built from a ModelConfig; `model_family` says which a config
+# describes. Every family has the VAE's API (encode -> posterior, decode -> likelihood parameter,
+# prior, likelihood, elbo_terms, log_terms, log_weights, sample, reconstruct), so training,
+# evaluation and the latent tools serve them all.
+MODELS: dict[str, type[nn.Module]] = {"vae": VAE}
+
+
+def model_family(cfg: ModelConfig) -> str:
+    """The `MODELS` key of the model `cfg` describes."""
+    return "vae"
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` describes, freshly initialised (the seed decides its weights)."""
+    return MODELS[model_family(cfg)](cfg)
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "MODELS", "NetSpec", "POSTERIORS", "PRIORS", "VAE",
+           "build_model", "model_family"]
