@@ -30,7 +30,7 @@ METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
-                 "tensorboard", "export")
+                 "tensorboard", "export", "anomaly")
 
 
 def default_run_dir(dataset: str) -> Path:
