@@ -29,11 +29,16 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images / 255.0 if images.dtype == torch.uint8 else images.to(torch.float32)
 
 
+def as_double(images: torch.Tensor) -> torch.Tensor:
+    """Like `as_float`, in float64 (uint8 divided in float64: exact to the last bit)."""
+    return images.double() / 255.0 if images.dtype == torch.uint8 else images.double()
+
+
 def mean_image(images: torch.Tensor, chunk: int = BANK_CHUNK) -> torch.Tensor:
     """The mean image (C, *S) float64 of (N, C, *S) images, summed chunk by chunk (uint8 stays uint8)."""
     total = torch.zeros(images.shape[1:], dtype=torch.float64)
     for start in range(0, len(images), chunk):
-        total += as_float(images[start:start + chunk]).double().sum(0).cpu()
+        total += as_double(images[start:start + chunk]).sum(0).cpu()
     return total / len(images)
 
 
@@ -41,7 +46,7 @@ def mean_image_distance(images: torch.Tensor, mean: torch.Tensor) -> np.ndarray:
     """||x - m||_2 per image: images (N, C, *S), mean (C, *S) -> (N,) float64."""
     out = []
     for start in range(0, len(images), QUERY_CHUNK):
-        x = as_float(images[start:start + QUERY_CHUNK]).double().cpu()
+        x = as_double(images[start:start + QUERY_CHUNK]).cpu()
         out.append((x - mean.double()).flatten(1).norm(dim=1))
     return torch.cat(out).numpy() if out else np.zeros(0)
 
@@ -81,6 +86,7 @@ def nearest_neighbour_distance(images: torch.Tensor, bank: torch.Tensor, *,
             best = torch.where(better, value, best)
             best_index = torch.where(better, index + b0, best_index)
         # The chosen neighbour's distance in float64: exact, whatever float32 rounding did above.
-        nearest = as_float(bank.index_select(0, best_index)).flatten(1).double()
-        result[q0:q0 + len(x)] = (x.double() - nearest).norm(dim=1).numpy()
+        nearest = as_double(bank.index_select(0, best_index)).flatten(1)
+        exact = as_double(images[q0:q0 + query_chunk]).flatten(1)
+        result[q0:q0 + len(x)] = (exact - nearest).norm(dim=1).numpy()
     return result
