@@ -153,26 +153,35 @@ def score(model: VAE, images: torch.Tensor, reference: Optional[NormalReference 
         reference = fit_reference(model, reference)
     wanted = [n for n in (scores or SCORE_NAMES) if reference is not None or n not in REFERENCE_SCORES]
     device = model.device
-    columns: dict[str, list[np.ndarray]] = {n: [] for n in ("neg_elbo", "nll", "kl", "recon_mse", "recon_mae",
-                                                            "recon_1_minus_ssim", "codes")}
+    # Only what the wanted scores need: the L_K bound (most of the time) and SSIM are skipped otherwise.
+    need_elbo = bool({"neg_elbo", "kl"} & set(wanted))
+    need_bound = bool({"nll", "likelihood_ratio"} & set(wanted))
+    need_recon = bool({"recon_mse", "recon_mae", "recon_1_minus_ssim"} & set(wanted))
+    columns: dict[str, list[np.ndarray]] = {"codes": []}
     bar = tqdm(total=len(images), desc="scoring", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        generator = torch.Generator(device=device).manual_seed(seed)
+        # One generator per kind of draw, so a score never depends on which other scores were asked.
+        elbo_generator = torch.Generator(device=device).manual_seed(seed)
+        bound_generator = torch.Generator(device=device).manual_seed(seed + 1)
         for x in _batches(images, batch_size, device):
             posterior = model.encode(x)
-            # (S, B) draws -> (B,): -E_q[log p(x|z)] and the KL, closed form where it exists.
-            recon, kl, _ = model.elbo_terms(x, None, posterior, num_samples=ELBO_SAMPLES, generator=generator)
-            bound = iwae_bound(model, x, None, iw_samples, posterior, generator)  # (B,) L_K
-            x_hat = model.likelihood.mean(model.decode(posterior.mean))  # (B, C, *S) expected image
-            residual = (x - x_hat).flatten(1)
-            columns["neg_elbo"].append((recon + kl).double().cpu().numpy())
-            columns["nll"].append((-bound).double().cpu().numpy())
-            columns["kl"].append(kl.double().cpu().numpy())
-            columns["recon_mse"].append(residual.square().mean(1).double().cpu().numpy())
-            columns["recon_mae"].append(residual.abs().mean(1).double().cpu().numpy())
-            columns["recon_1_minus_ssim"].append((1.0 - ssim(x_hat.clamp(0, 1), x)).cpu().numpy())
-            columns["codes"].append(posterior.mean.double().cpu().numpy())
+            batch: dict[str, torch.Tensor] = {"codes": posterior.mean}
+            if need_elbo:
+                # (S, B) draws -> (B,): -E_q[log p(x|z)] and the KL, closed form where it exists.
+                recon, kl, _ = model.elbo_terms(x, None, posterior, num_samples=ELBO_SAMPLES,
+                                                generator=elbo_generator)
+                batch.update(neg_elbo=recon + kl, kl=kl)
+            if need_bound:
+                batch["nll"] = -iwae_bound(model, x, None, iw_samples, posterior, bound_generator)  # (B,) -L_K
+            if need_recon:
+                x_hat = model.likelihood.mean(model.decode(posterior.mean))  # (B, C, *S) expected image
+                residual = (x - x_hat).flatten(1)
+                batch.update(recon_mse=residual.square().mean(1), recon_mae=residual.abs().mean(1))
+                if "recon_1_minus_ssim" in wanted:
+                    batch["recon_1_minus_ssim"] = 1.0 - ssim(x_hat.clamp(0, 1), x)
+            for name, values in batch.items():
+                columns.setdefault(name, []).append(values.double().cpu().numpy())
             bar.update(len(x))
     bar.close()
     table = {name: np.concatenate(values) for name, values in columns.items()}

@@ -124,7 +124,8 @@ def _normal_classes(args: argparse.Namespace, cfg, data, split) -> Optional[list
 
 
 def _reference_images(args: argparse.Namespace, data, normal: Optional[list[int]]):
-    """The normal training images: the run's training split, restricted to the normal classes."""
+    """The normal training images (the run's training split, restricted to the normal classes, a seeded
+    subset with --reference-size) and how many there were before subsampling."""
     import torch
 
     from vaelab.latent import subsample
@@ -135,9 +136,10 @@ def _reference_images(args: argparse.Namespace, data, normal: Optional[list[int]
         if len(keep) == 0:
             raise DataError(f"the training split has no image of the normal classes {','.join(map(str, normal))}")
         train = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
-    if args.reference_size and args.reference_size < len(train):
+    available = len(train)
+    if args.reference_size and args.reference_size < available:
         train = subsample(train, args.reference_size, seed=args.seed)
-    return train.images
+    return train.images, available
 
 
 def _load_files(model, paths: list[str]):
@@ -201,7 +203,7 @@ def run_anomaly(args: argparse.Namespace) -> int:
         raise RunError(f"the data's images are {data.image_shape}, the model expects {tuple(model.image_shape)}")
     split = data.split(args.split)
     normal = _normal_classes(args, cfg, data, split)
-    reference = _reference_images(args, data, normal)
+    reference, available = _reference_images(args, data, normal)
     masks = _load_masks(args, model) if args.masks else None
     if args.images:
         images, labels, ids, id_column = _load_files(model, args.images), None, list(args.images), "file"
@@ -231,7 +233,7 @@ def run_anomaly(args: argparse.Namespace) -> int:
                 "likelihood": cfg.model.likelihood, "binarize": cfg.data.binarize, "iw_samples": args.iw_samples,
                 "train_classes": list(cfg.data.train_classes) or None,
                 "reference": {"split": "train", "classes": normal, "images": len(reference),
-                              "subsampled": bool(args.reference_size and args.reference_size <= len(reference))},
+                              "available": available, "subsampled": len(reference) < available},
                 "complexity": complexity_note(model), "seed": args.seed,
                 "total_seconds": round(time.perf_counter() - started, 2), "vaelab_version": __version__}
         payload = write_analysis(result, out, info, rank_by=args.rank_by)
