@@ -189,3 +189,14 @@ def test_out_never_overwrites_a_users_folder(bars, capsys, tmp_path):
 def test_missing_run_is_one_line(capsys, tmp_path):
     assert main(["anomaly", str(tmp_path / "nope")]) != 0
     assert "run folder not found" in _one_error_line(capsys)
+
+
+def test_training_split_is_scored_leave_one_out(bars, tmp_path):
+    _, _, run = bars
+    out = tmp_path / "train"
+    assert main(["anomaly", str(run), "--split", "train", "--iw-samples", "3", "--maps", "0", "--bootstrap", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    normal = [float(r["nearest_neighbour_distance"]) for r in rows if int(r["label"]) in (0, 1)]
+    assert normal and min(normal) > 0  # no image is its own nearest neighbour

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from vaelab.anomaly import maps as anomaly_maps_module
-from vaelab.anomaly.maps import AnomalyMaps, anomaly_maps, common_scale, save_map_figure
+from vaelab.anomaly.maps import MAP_KINDS, AnomalyMaps, anomaly_maps, common_scale, save_map_figure
 from vaelab.anomaly.metrics import anomalous_from_classes, evaluate, pixel_metrics
 from vaelab.anomaly.names import DEFAULT_BOOTSTRAP, DEFAULT_IW_SAMPLES, DEFAULT_MAPS, SCORE_DEFINITIONS, SCORE_NAMES
 from vaelab.anomaly.report import MAPS_DIR, metrics_table, roc_figure, scores_csv, write_json
@@ -67,13 +66,14 @@ def analyse(model: VAE, images: torch.Tensor, reference: NormalReference | torch
             labels: Optional[Sequence[int]] = None, normal_classes: Optional[Sequence[int]] = None,
             ids: Optional[Sequence[Any]] = None, id_column: str = "index",
             masks: Optional[dict[int, np.ndarray]] = None, options: AnomalyOptions = AnomalyOptions(),
-            progress: bool = False) -> Analysis:
+            exclude: Optional[torch.Tensor] = None, progress: bool = False) -> Analysis:
     """Score `images` (N, C, *S) against the normal `reference` and measure what can be measured.
 
     With `labels` and `normal_classes`: detection metrics of every score. Image files
     (`id_column="file"`) get percentiles among normal training images and a map each; split
     images get maps for the `options.maps` highest by `options.rank_by`. `masks` (row -> bool
-    mask) add pixel AUROC and the best Dice of every map kind.
+    mask) add pixel AUROC and the best Dice of every map kind. `exclude` (N,): per image a
+    reference row to leave out of its nearest-neighbour search (scoring the reference's own images).
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -82,7 +82,7 @@ def analyse(model: VAE, images: torch.Tensor, reference: NormalReference | torch
     seconds["reference"] = time.perf_counter() - started
     t = time.perf_counter()
     table = score(model, images, reference, iw_samples=options.iw_samples, batch_size=options.batch_size,
-                  seed=options.seed, progress=progress)
+                  seed=options.seed, exclude=exclude, progress=progress)
     seconds["scores"] = time.perf_counter() - t
     result = Analysis(ids=list(ids) if ids is not None else list(range(len(images))), id_column=id_column,
                       scores=table, reference_images=reference.num_images, seconds=seconds)
@@ -130,7 +130,7 @@ def map_pixel_metrics(result: Analysis) -> dict[str, Any]:
     rows = [position[i] for i in result.masks]
     truth = np.stack([result.masks[i] for i in result.masks])
     out: dict[str, Any] = {"images": len(rows)}
-    for kind in anomaly_maps_module.MAP_KINDS:
+    for kind in MAP_KINDS:
         values = result.maps.get(kind)
         if values is None:
             continue
@@ -200,7 +200,7 @@ def write_analysis(result: Analysis, out: Path, info: dict[str, Any], rank_by: s
                      if rank_by in result.scores else str(result.ids[row]))
             save_map_figure(out / MAPS_DIR / name, result.maps, rank, title, scales, result.masks.get(row))
             written.append(f"{MAPS_DIR}/{name}")
-        arrays = {kind: result.maps.get(kind) for kind in anomaly_maps_module.MAP_KINDS
+        arrays = {kind: result.maps.get(kind) for kind in MAP_KINDS
                   if result.maps.get(kind) is not None}
         np.savez_compressed(out / MAPS_DIR / "maps.npz", ids=np.asarray([str(result.ids[r]) for r in result.mapped]),
                             reconstruction=result.maps.reconstruction, **arrays)

@@ -124,22 +124,25 @@ def _normal_classes(args: argparse.Namespace, cfg, data, split) -> Optional[list
 
 
 def _reference_images(args: argparse.Namespace, data, normal: Optional[list[int]]):
-    """The normal training images (the run's training split, restricted to the normal classes, a seeded
-    subset with --reference-size) and how many there were before subsampling."""
+    """The normal training images (the run's training split, restricted to the normal classes, a
+    seeded subset with --reference-size), how many there were before subsampling, and for each
+    training image its row in the reference (-1: not in it), so that scoring the training split
+    leaves each image out of its own nearest-neighbour search."""
     import torch
 
-    from vaelab.latent import subsample
-
-    train = data.train
+    labels = data.train.labels
+    rows = torch.arange(len(data.train))
     if normal is not None:
-        keep = torch.isin(train.labels, torch.tensor(normal)).nonzero().squeeze(1)
-        if len(keep) == 0:
+        rows = torch.isin(labels, torch.tensor(normal)).nonzero().squeeze(1)
+        if len(rows) == 0:
             raise DataError(f"the training split has no image of the normal classes {','.join(map(str, normal))}")
-        train = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
-    available = len(train)
+    available = len(rows)
     if args.reference_size and args.reference_size < available:
-        train = subsample(train, args.reference_size, seed=args.seed)
-    return train.images, available
+        pick = torch.randperm(available, generator=torch.Generator().manual_seed(args.seed))[:args.reference_size]
+        rows = rows[pick.sort().values]
+    position = torch.full((len(data.train),), -1, dtype=torch.int64)
+    position[rows] = torch.arange(len(rows))
+    return data.train.images.index_select(0, rows), available, position
 
 
 def _load_files(model, paths: list[str]):
@@ -203,7 +206,7 @@ def run_anomaly(args: argparse.Namespace) -> int:
         raise RunError(f"the data's images are {data.image_shape}, the model expects {tuple(model.image_shape)}")
     split = data.split(args.split)
     normal = _normal_classes(args, cfg, data, split)
-    reference, available = _reference_images(args, data, normal)
+    reference, available, position = _reference_images(args, data, normal)
     masks = _load_masks(args, model) if args.masks else None
     if args.images:
         images, labels, ids, id_column = _load_files(model, args.images), None, list(args.images), "file"
@@ -212,9 +215,12 @@ def run_anomaly(args: argparse.Namespace) -> int:
     if normal is not None:
         anomalous = ~torch.isin(labels, torch.tensor(normal))
         if anomalous.all() or not anomalous.any():
-            kind = "normal" if anomalous.all() else "anomalous"
-            raise DataError(f"the {args.split} split has no {kind} image with normal classes "
-                            f"{','.join(map(str, normal))}: detection cannot be measured")
+            if args.normal_classes is None:  # only defaulted from --train-classes: score without metrics
+                normal = None
+            else:
+                kind = "normal" if anomalous.all() else "anomalous"
+                raise DataError(f"the {args.split} split has no {kind} image with normal classes "
+                                f"{','.join(map(str, normal))}: detection cannot be measured")
     options = AnomalyOptions(iw_samples=args.iw_samples, batch_size=args.batch_size, seed=args.seed,
                              bootstrap=args.bootstrap, maps=args.maps, rank_by=args.rank_by)
     progress = not args.quiet and not args.json
@@ -228,6 +234,7 @@ def run_anomaly(args: argparse.Namespace) -> int:
         prepare_output_dir(out)  # before the work: a folder we may not write into fails fast
         result = analyse(model, images, reference, labels=None if labels is None else labels.numpy(),
                          normal_classes=normal, ids=ids, id_column=id_column, masks=masks, options=options,
+                         exclude=position if args.split == "train" and not args.images else None,
                          progress=progress)
         info = {"run": str(run_dir), "split": None if args.images else args.split, "dataset": cfg.data.dataset,
                 "likelihood": cfg.model.likelihood, "binarize": cfg.data.binarize, "iw_samples": args.iw_samples,
