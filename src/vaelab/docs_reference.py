@@ -400,8 +400,9 @@ class _Annotation:
         return self.text
 
 
-def signature_text(obj: Callable[..., Any]) -> str:
-    """`(x: torch.Tensor, steps: int = 10) -> ImageTable`, or "(...)" when Python cannot tell."""
+def signature_text(obj: Callable[..., Any], method: bool = False) -> str:
+    """`(x: torch.Tensor, steps: int = 10) -> ImageTable`, or "(...)" when Python cannot tell.
+    A method's `self`/`cls` and a class's `-> None` are left out."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -411,7 +412,28 @@ def signature_text(obj: Callable[..., Any]) -> str:
         return _Annotation(a) if isinstance(a, str) else a
 
     params = [p.replace(annotation=unquote(p.annotation)) for p in sig.parameters.values()]
-    return str(sig.replace(parameters=params, return_annotation=unquote(sig.return_annotation)))
+    if method and params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    returns = inspect.Signature.empty if inspect.isclass(obj) else unquote(sig.return_annotation)
+    return str(sig.replace(parameters=params, return_annotation=returns))
+
+
+def _assigned_names(module: types.ModuleType) -> set[str]:
+    """Names assigned at the top level of the module's own source (not imported ones)."""
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 def public_names(module: types.ModuleType) -> list[str]:
@@ -419,12 +441,14 @@ def public_names(module: types.ModuleType) -> list[str]:
     if hasattr(module, "__all__"):
         return [n for n in module.__all__ if not n.startswith("__")]
     names = []
+    assigned = _assigned_names(module)
     for name, obj in vars(module).items():
         if name.startswith("_"):
             continue
         if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__:
             names.append(name)
-        elif name.isupper() and isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        elif (name.isupper() and name in assigned and isinstance(obj, dict) and obj
+              and all(isinstance(k, str) for k in obj)):
             names.append(name)
     return names
 
@@ -457,10 +481,12 @@ def _object_markdown(module_name: str, name: str, obj: Any, documented: Sequence
                  docstring_markdown(inspect.getdoc(obj)), ""]
         for member, value in _members(obj):
             if isinstance(value, property):
-                lines += [f"- `{member}` (property): " + docstring_markdown(inspect.getdoc(value)).split("\n\n")[0]]
+                summary = docstring_markdown(inspect.getdoc(value)).split("\n\n")[0].replace("\n", " ")
+                lines += [f"- `{member}` (property)" + (f": {summary}" if summary else "")]
             else:
                 doc = docstring_markdown(inspect.getdoc(value))
-                lines += [f"- `{member}{signature_text(value)}`" + (f": {doc.split(chr(10) * 2)[0]}" if doc else "")]
+                summary = doc.split("\n\n")[0].replace("\n", " ")
+                lines += [f"- `{member}{signature_text(value, method=True)}`" + (f": {summary}" if doc else "")]
         return lines + [""]
     if callable(obj):
         return [f"### {full}", "", f"```python\n{name}{signature_text(obj)}\n```", "",
