@@ -209,13 +209,13 @@ def cli_reference(parser: Optional[argparse.ArgumentParser] = None) -> str:
             lines += [_escape(command.description or command.help), ""]
         for group in dict.fromkeys(f.group for f in command.flags):
             rows = [f for f in command.flags if f.group == group]
-            title = "arguments" if group in ("positional arguments", "options", "optional arguments") else group
-            if len(set(f.group for f in command.flags)) > 1 or title != "arguments":
+            title = "options" if group == "optional arguments" else group  # Python < 3.10 says "optional"
+            if len(set(f.group for f in command.flags)) > 1:
                 lines += [f"**{_escape(title)}**", ""]
             lines += ["| argument | value | default | help |", "|---|---|---|---|"]
             for f in rows:
                 names = " / ".join(_code(n) for n in f.names)
-                value = _code(f.value) if f.value else ""
+                value = _code(f.value) if f.value and not f.positional else ""
                 default = f.default or config_defaults.get(f.names[0], "")
                 default = _code(default) if default else ""
                 lines.append(f"| {names} | {value} | {default} | {_cell(f.help)} |")
