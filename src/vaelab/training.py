@@ -277,6 +277,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     if resume_from is not None:
         state, extra = load_checkpoint(resume_from, model, optimizer, data_gen)
         _check_resumable(resume_from, state, extra, tc, n_train, ema)
+        state.setdefault("optimizer", tc.optimizer)  # a checkpoint from before --optimizer (Adam's)
         order = extra.get("order")
         schedule.load_state_dict(state.get("schedule"))
         best.load_state_dict(state.get("best"))
