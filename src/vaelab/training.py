@@ -434,9 +434,10 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         final.eval()
         try:
             write_run_figures(final, data, run_dir, seed=tc.seed)
-        except OSError as exc:  # e.g. a full disk: training is done and saved, only pictures are missing
+        except (OSError, RunError) as exc:  # e.g. a full disk: training is done and saved, only pictures are missing
+            reason = getattr(exc, "strerror", None) or exc
             raise RunError(f"training finished and {run_dir / WEIGHTS_FILE} is saved, but its figures could not "
-                           f"be written ({exc.strerror or exc}); free space, then draw them with "
+                           f"be written ({reason}); free space, then draw them with "
                            f"vaelab.plots.write_run_figures(vaelab.load(RUN), data, RUN)") from None
     return run_dir
 
