@@ -52,6 +52,7 @@ from vaelab.distributed import (
     context_from_env,
     device_for,
     first_error,
+    from_main,
     init_process_group,
     wrap_ddp,
 )
@@ -61,7 +62,7 @@ from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
 from vaelab.mlflow_tracking import resolve_uri
-from vaelab.models import VAE
+from vaelab.models import build_model
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
 from vaelab.optim import make_optimizer, weight_decay_of
@@ -245,7 +246,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     if tc.threads:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
-    model = VAE(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, tc)
     data_gen = torch.Generator().manual_seed(tc.seed)  # data order + dynamic binarisation
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
@@ -346,6 +347,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         # A resumed epoch's sums so far are global; rank 0 carries them, the others start at 0.
         sums = torch.tensor(state["sums"][:3] if main else [0.0] * 3, dtype=torch.float64, device=device)
         count = int(state["sums"][3])  # images of the global batches so far
+        extra_sums = ExtraSums(state.get("extra_sums", {}), main, device)  # an objective's extra terms
         # The KL weight of the last step taken (the same value when resumed past the epoch's last batch).
         beta = kl_weight(state["step"])
         bar = tqdm(total=batches_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -361,7 +363,8 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 set_lr(optimizer, lr)
             global_batch = min(tc.batch_size, n_train - state["batch"] * tc.batch_size)  # x holds our share
             parts = compute_gradients(x, y, beta, global_batch)
-            sums.add_(torch.stack(parts).detach().double(), alpha=x.shape[0])  # (loss, recon, kl) x images
+            sums.add_(torch.stack(parts[:3]).detach().double(), alpha=x.shape[0])  # (loss, recon, kl) x images
+            extra_sums.add(parts.extras, x.shape[0])
             # A non-finite loss stays non-finite in the sums. A non-finite gradient behind a finite
             # loss breaks the weights in optimizer.step() and so the next loss; the weights are
             # only inspected once that happens, to name the step whose gradient did it (no cost on
@@ -385,6 +388,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 bar.set_postfix(loss=f"{sums[0].item() / count * ctx.world_size:.2f}")
             if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
                 state["sums"] = global_sums(sums) + [count]
+                state["extra_sums"] = extra_sums.totals(ctx)
                 state["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 checkpoint()
@@ -392,6 +396,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         bar.close()
         lr = schedule.lr(epoch, state["step"])  # the rate of the epoch's last step (before plateau decays)
         totals = global_sums(sums)
+        extra_totals = extra_sums.totals(ctx)
         if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
             raise DivergenceError(divergence_message(epoch + 1, state["step"], checkpoint_path))
 
@@ -402,7 +407,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         if main:
             val = elbo_on_split(validated, data.val, batch_size=EVAL_BATCH.get(device.type, 1000),
                                 dynamic_binarize=dynamic)
-        val_loss = _from_main(val["loss"], ctx, device) if share_val else val["loss"]
+        val_loss = from_main(val["loss"], ctx, device) if share_val else val["loss"]
         schedule.end_epoch(val_loss, state["step"])
         best.update(epoch + 1, val_loss, validated)
         if main:
@@ -413,13 +418,14 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                 "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
                 "lr": lr, "beta": beta, "seconds": round(seconds, 4), "best_epoch": best.epoch,
+                **{f"train_{name}": total / max(count, 1) for name, total in extra_totals.items()},
             }
             _append_line(metrics_path, row)
             if progress and (tc.epochs <= 20 or (epoch + 1) % max(1, tc.epochs // 10) == 0 or epoch + 1 == tc.epochs):
                 print(f"epoch {epoch + 1}/{tc.epochs}  train {train_loss:.3f}  val {val['loss']:.3f} "
                       f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {format_seconds(seconds)}", flush=True)
             tracking(row, validated)
-        state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], seconds=0.0)
+        state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], extra_sums={}, seconds=0.0)
         order = None
         checkpoint()
 
@@ -456,15 +462,34 @@ def _check_resumable(path: Path, state: dict[str, Any], extra: dict[str, torch.T
         raise RunError(f"{path} has no moving average of the weights, but config.json asks for --ema-decay")
 
 
-def _from_main(value: float, ctx: DistContext, device: torch.device) -> float:
-    """Rank 0's `value` on every rank (the others pass anything)."""
-    mine = torch.tensor([value if ctx.is_main else 0.0], dtype=torch.float64, device=device)
-    return float(all_reduce_sum(mine, ctx).item())
-
-
 def format_seconds(seconds: float) -> str:
     """'2.3s', or '12ms' below 0.05 s (where one decimal of a second would read 0.0s)."""
     return f"{seconds * 1000:.0f}ms" if seconds < 0.05 else f"{seconds:.1f}s"
+
+
+class ExtraSums:
+    """Running sums (x images) of the extra terms an objective reports in `LossParts.extras`
+    (e.g. the KL of each latent layer), kept on the device like the main sums; a resumed epoch
+    carries its sums so far (global, on rank 0) in the checkpoint's `extra_sums`."""
+
+    def __init__(self, saved: dict[str, float], main: bool, device: torch.device) -> None:
+        self.device = device
+        self.sums = {k: torch.tensor(v if main else 0.0, dtype=torch.float64, device=device) for k, v in saved.items()}
+
+    def add(self, extras: dict[str, torch.Tensor], images: int) -> None:
+        for name, value in extras.items():
+            total = self.sums.get(name)
+            if total is None:
+                total = self.sums[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+            total.add_(value.detach().double(), alpha=images)
+
+    def totals(self, ctx: DistContext) -> dict[str, float]:
+        """The sums over all ranks, by name (sorted: every rank reduces in the same order)."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        reduced = all_reduce_sum(torch.stack([self.sums[n] for n in names]), ctx).tolist()
+        return dict(zip(names, reduced))
 
 
 def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autocast: dict, use_labels: bool,

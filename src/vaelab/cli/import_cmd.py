@@ -31,7 +31,7 @@ def run_import(args: argparse.Namespace) -> int:
     """Carry out `vaelab import-weights` with the parsed `args`; return the exit code."""
     from vaelab.checkpoint import WEIGHTS_FILE, import_torch_weights, load_state_into, save_weights
     from vaelab.config import RunConfig
-    from vaelab.models import VAE
+    from vaelab.models import build_model
     from vaelab.runlock import run_lock
     from vaelab.runs import CONFIG_FILE
 
@@ -45,7 +45,7 @@ def run_import(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise RunError(f"{target} already exists; use --force to replace it")
     tensors = import_torch_weights(args.file)
-    model = VAE(cfg.model)
+    model = build_model(cfg.model)
     load_state_into(model, tensors, args.file)
     with run_lock(run_dir, "vaelab import-weights"):  # one writer per run folder; every check has passed
         if target.exists() and not args.force:  # written meanwhile by a run that just finished
