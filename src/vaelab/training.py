@@ -3,13 +3,19 @@
 `train(cfg, out)` starts a run; `resume(run_dir)` continues one from its last checkpoint. Both
 end in `_fit`, which owns the loop: set-up, then per epoch (learning rate, batches with the
 loss/step/log, validation, metrics line, checkpoint), then the final weights and figures.
+The pieces it steers with live in their own modules: the optimiser (`vaelab.optim`), the
+learning-rate schedule (`vaelab.schedules`), the moving average of the weights (`vaelab.ema`),
+the best epoch and early stopping (`vaelab.early_stopping`), TensorBoard / MLflow
+(`vaelab.tracking`). Rank 0 holds the run folder's one-writer lock (`vaelab.runlock`) for the
+whole run and writes nothing before every check on user input has passed.
 
 Speed (measured in benchmarks/train_speed.py; numbers in the README's performance section): the
 split is one uint8 tensor and each batch one gather from it (on a GPU the split is moved there
-once); Adam uses its fused kernel; the running sums stay on the device and the loop reads them
-back only to check for divergence (every step on a CPU, where that is nearly free; every
-`GPU_CHECK_EVERY` steps on a GPU, where each read is a sync); the global gradient norm is only
-computed when `--grad-clip` asks for it. `--precision bf16` and `--compile` are opt-in.
+once); plain Adam uses its fused kernel; a constant rate and no EMA cost nothing per step; the
+running sums stay on the device and the loop reads them back only to check for divergence (every
+step on a CPU, where that is nearly free; every `GPU_CHECK_EVERY` steps on a GPU, where each read
+is a sync); the global gradient norm is only computed when `--grad-clip` asks for it.
+`--precision bf16` and `--compile` are opt-in.
 
 Under `torchrun` the same loop runs on every process with DistributedDataParallel (see
 `vaelab.distributed`): each rank takes its rows of every global batch and only rank 0 writes.
@@ -80,7 +86,8 @@ from vaelab.runtime import flush_denormals, seed_everything
 from vaelab.schedules import LRSchedule, set_lr
 from vaelab.tracking import Tracking, require_trackers
 
-# Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
+# Called after every epoch with the metrics row and the validated model (in eval mode: the moving
+# average with --ema-decay); rank 0 only under torchrun.
 ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 # On a GPU, reading the running loss back to the host is a sync; look every this many steps (a
