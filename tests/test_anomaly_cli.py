@@ -200,3 +200,31 @@ def test_training_split_is_scored_leave_one_out(bars, tmp_path):
         rows = list(csv.DictReader(handle))
     normal = [float(r["nearest_neighbour_distance"]) for r in rows if int(r["label"]) in (0, 1)]
     assert normal and min(normal) > 0  # no image is its own nearest neighbour
+
+
+def test_writing_into_a_run_in_use_is_refused(bars, capsys, tmp_path):
+    """RUN/anomaly lies inside the run: vaelab anomaly takes the run folder's lock (vaelab.runlock)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, _, run = bars
+    out = run / "anomaly"
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom vaelab.runlock import run_lock\n"
+         f"with run_lock({str(run)!r}, 'vaelab train --resume'):\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": src})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["anomaly", str(run), "--iw-samples", "2", "--maps", "1", "--quiet"]) == 4
+        assert "is in use by another vaelab process" in _one_error_line(capsys)
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+        # Writing elsewhere only reads the run: allowed while it is in use.
+        assert main(["anomaly", str(run), "--iw-samples", "2", "--maps", "1", "--bootstrap", "0", "--quiet",
+                     "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        holder.kill()
+        holder.wait()

@@ -9,7 +9,6 @@ flags and files into its arguments and prints the table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import time
@@ -169,16 +168,6 @@ def _load_masks(args: argparse.Namespace, model) -> dict[int, Any]:
     return {i: load_mask(found[p], spatial) for i, p in enumerate(args.images) if p in found}
 
 
-def writing_lock(run_dir: Path, out: Path):
-    """The run folder's lock while writing inside RUN (nothing to lock for an --out elsewhere).
-
-    RUN-LOCK (for the lead): `vaelab.runlock` is being written on branch `training`. When it is on
-    main, return its lock of `run_dir` here when `out` lies inside `run_dir`, so that an analysis
-    never writes into a run that a training or resume is writing at the same time.
-    """
-    return contextlib.nullcontext()
-
-
 def run_anomaly(args: argparse.Namespace) -> int:
     """Carry out `vaelab anomaly` with the parsed `args`; return the exit code."""
     _check_flags(args)
@@ -230,7 +219,11 @@ def run_anomaly(args: argparse.Namespace) -> int:
         print(f"scoring {what}{classes} against {len(reference)} normal training images, K = {args.iw_samples} ...",
               flush=True)
     started = time.perf_counter()
-    with writing_lock(run_dir, out):
+    from vaelab.runlock import run_lock_for_output
+
+    # Every input checked above; writing inside RUN takes the run folder's lock (vaelab.runlock):
+    # a second writer (a training, another analysis) is refused before anything changes.
+    with run_lock_for_output(run_dir, out, "vaelab anomaly"):
         prepare_output_dir(out)  # before the work: a folder we may not write into fails fast
         result = analyse(model, images, reference, labels=None if labels is None else labels.numpy(),
                          normal_classes=normal, ids=ids, id_column=id_column, masks=masks, options=options,
