@@ -83,6 +83,9 @@ class DataConfig:
     split_seed: int = 0  # fixes the train/validation split and the static binarisation
     # folder: map 16-bit / float intensities [low, high] -> 0..255 (clipped); None = min..max per image
     intensity_window: Optional[list[float]] = None
+    # Keep only these labels in the training and validation splits (the test split keeps every
+    # class): train on "normal" classes for anomaly detection. Empty = every class.
+    train_classes: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -102,6 +105,8 @@ class DataConfig:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.split_seed < MAX_SEED:
             problems.append(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
+        if any(c < 0 for c in self.train_classes) or len(set(self.train_classes)) != len(self.train_classes):
+            problems.append(f"train_classes must be distinct labels >= 0, got {self.train_classes}")
         return problems
 
 

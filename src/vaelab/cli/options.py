@@ -90,6 +90,9 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--intensity-window", "data.intensity_window", float_pair,
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
          "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
+    Flag("--train-classes", "data.train_classes", int_list,
+         "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
+         "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
     Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split, apply_static_binarization
+from vaelab.data.base import ImageData, Split, apply_static_binarization, keep_classes
 from vaelab.data.digits import load_digits
 from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
@@ -27,10 +27,17 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
 
 
 def load_data(cfg: DataConfig) -> ImageData:
-    """Load the dataset named in `cfg`, split it, and apply static binarisation if asked."""
+    """Load the dataset named in `cfg`, split it, keep only `cfg.train_classes` in the training and
+    validation splits (if given), and apply static binarisation if asked.
+
+    The classes are chosen before binarising, so `vaelab eval` (which loads grey values and
+    binarises itself) sees exactly the bits that training saw.
+    """
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset '{cfg.dataset}'; choose from {', '.join(DATASETS)}")
     data = DATASETS[cfg.dataset](cfg)
+    if cfg.train_classes:
+        data = keep_classes(data, cfg.train_classes)
     if cfg.binarize == "static":
         data = apply_static_binarization(data, seed=cfg.split_seed)
     return data

@@ -97,6 +97,33 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return take(keep), take(out)
 
 
+def keep_classes(data: ImageData, classes: list[int]) -> ImageData:
+    """Only the images of `classes` in the training and validation splits; the test split keeps all.
+
+    For one-class / anomaly training (`--train-classes`): the model sees the "normal" classes
+    only, and is then scored on a test split that still holds every class. A class the dataset
+    does not have, or one with no training image, is a DataError naming the classes there are.
+    """
+    if data.train.labels is None:
+        raise DataError(f"--train-classes needs a labelled dataset; {data.name} has no labels")
+    names = data.class_names
+    unknown = [c for c in classes if not 0 <= c < len(names)]
+    if unknown:
+        listing = ", ".join(f"{k} ({n})" if n != str(k) else str(k) for k, n in enumerate(names))
+        raise DataError(f"--train-classes: {data.name} has no class {unknown[0]}; its classes are {listing}")
+    chosen = torch.tensor(sorted(classes), dtype=torch.int64)
+
+    def take(split: Split, name: str) -> Split:
+        keep = torch.isin(split.labels, chosen).nonzero().squeeze(1)  # (n_kept,) row indices
+        if len(keep) == 0:
+            raise DataError(f"--train-classes {','.join(map(str, classes))}: the {name} split of {data.name} "
+                            f"has no image of these classes")
+        return Split(split.images.index_select(0, keep), split.labels.index_select(0, keep))
+
+    return ImageData(data.name, take(data.train, "training"), take(data.val, "validation"), data.test,
+                     data.class_names)
+
+
 def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
     """One fixed Bernoulli(grey) draw per pixel, seeded, so every epoch sees the same bits."""
     gen = torch.Generator().manual_seed(seed + 7919)
