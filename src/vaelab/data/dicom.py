@@ -149,6 +149,12 @@ def _first(ds: Any, *path: str) -> Any:
     return node
 
 
+def _item(ds: Any, name: str) -> Any:
+    """The first item of sequence `name` in `ds`, or None."""
+    seq = getattr(ds, name, None) if ds is not None else None
+    return seq[0] if seq else None
+
+
 def _geometry(ds: Any, header: Header) -> None:
     """Fill position, orientation and spacing from the classic or the enhanced (functional group) layout."""
     header.position = _floats(ds.get("ImagePositionPatient"), 3)
@@ -238,12 +244,12 @@ def _rescale(ds: Any, frames: int, rel: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         top = pair(ds)
         shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
-        shared_pair = pair(_first(shared[0], "PixelValueTransformationSequence")) if shared else None
+        shared_pair = pair(_item(shared[0], "PixelValueTransformationSequence")) if shared else None
         per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
         for i in range(frames):
             frame_pair = None
             if per_frame and len(per_frame) == frames:
-                frame_pair = pair(_first(per_frame[i], "PixelValueTransformationSequence"))
+                frame_pair = pair(_item(per_frame[i], "PixelValueTransformationSequence"))
             slopes[i], intercepts[i] = frame_pair or shared_pair or top or (1.0, 0.0)
     except (TypeError, ValueError, AttributeError, IndexError):
         raise DataError(f"{rel}: invalid RescaleSlope / RescaleIntercept") from None

@@ -66,9 +66,9 @@ class Window:
     high: float
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """Modality values -> float32 in [0, 255] (not yet rounded: resizing comes first)."""
-        scaled = (values.astype(np.float64) - self.low) * (255.0 / (self.high - self.low))
-        return np.clip(scaled, 0.0, 255.0).astype(np.float32)
+        """Modality values -> float64 in [0, 255] (not yet rounded: resizing comes first)."""
+        scaled = (values.astype(np.float64) - self.low) * 255.0 / (self.high - self.low)
+        return np.clip(scaled, 0.0, 255.0)
 
     def inverse(self, grey: np.ndarray) -> np.ndarray:
         """Grey values in [0, 255] -> modality units (within [low, high])."""
@@ -114,7 +114,7 @@ def resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     if values.shape == shape:
-        return values.astype(np.float32, copy=False)
+        return values  # no resampling: the values stay exact
     img = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))
     return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
