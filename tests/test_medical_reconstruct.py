@@ -17,7 +17,8 @@ pydicom = pytest.importorskip("pydicom")
 from vaelab.cli import main  # noqa: E402
 from vaelab.config import DataConfig  # noqa: E402
 from vaelab.data.synthetic_scans import oblique_affine, phantom, write_dicom_series, write_nifti  # noqa: E402
-from vaelab.volume_reconstruct import read_scan, reconstruct_scan, write_nifti as write_output  # noqa: E402
+from vaelab.volume_reconstruct import read_scan, reconstruct_scan  # noqa: E402
+from vaelab.volume_reconstruct import write_nifti as write_output  # noqa: E402
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -85,7 +86,8 @@ def test_real_nibabel_volume_keeps_its_geometry(tmp_path):
     want = np.zeros_like(voxels)
     for k in range(voxels.shape[2]):
         shown = np.flipud(voxels[:, :, k].T)
-        grey = np.round(np.asarray(Image.fromarray((shown - low) * 255.0 / (high - low)).resize((41, 41), Image.BILINEAR)))
+        windowed = ((shown - low) * 255.0 / (high - low)).astype(np.float32)
+        grey = np.round(np.asarray(Image.fromarray(windowed).resize((41, 41), Image.BILINEAR)))
         back = np.asarray(Image.fromarray(grey.astype(np.float32)).resize((33, 41), Image.BILINEAR))
         want[:, :, k] = np.flipud(low + back * (high - low) / 255.0).T
     assert np.abs(out.get_fdata() - want).max() < 1e-3 * (high - low)

@@ -198,6 +198,10 @@ def read_header(path: Path, root: Path) -> tuple[Optional[Header], str]:
         with quiet():
             ds = pydicom.dcmread(path, defer_size=1024)
             if not any(tag in ds for tag in PIXEL_TAGS):
+                # An image class without pixels is a file cut short, not a report to skip.
+                sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+                if sop is None or "Image Storage" in getattr(sop, "name", ""):
+                    raise DataError(f"{rel}: an image object without its pixel data (truncated or corrupt)")
                 return None, "non-image object(s)"
             modality = str(ds.get("Modality", "") or "OT").strip().upper()
             modality = modality if MODALITY.fullmatch(modality) else "OT"
