@@ -16,10 +16,7 @@ output. Messages name files by their path relative to `--data-dir`, never by a h
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ from vaelab.data.medical import (
     Slice,
     Unit,
     load_units,
+    quiet,
     relative,
     require,
     scan_tree,
@@ -63,22 +61,6 @@ DECODER_HINTS = {
     "1.2.840.10008.1.2.5": "pip install pylibjpeg pylibjpeg-rle",  # RLE (pydicom also has its own)
 }
 DEFAULT_HINT = "pip install python-gdcm"
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence pydicom while it reads a file: its warnings and log lines may quote header values."""
-    logger = logging.getLogger("pydicom")
-    level, propagate = logger.level, logger.propagate
-    logger.setLevel(logging.CRITICAL + 1)
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-        logger.propagate = propagate
 
 
 def is_dicom(path: Path) -> bool:
@@ -195,7 +177,7 @@ def read_header(path: Path, root: Path) -> tuple[Optional[Header], str]:
             raise DataError(f"{rel}: not a DICOM file (no DICM preamble; truncated, or another format)")
         return None, "file(s) that are not DICOM"
     try:
-        with quiet():
+        with quiet("pydicom"):
             ds = pydicom.dcmread(path, defer_size=1024)
             if not any(tag in ds for tag in PIXEL_TAGS):
                 # An image class without pixels is a file cut short, not a report to skip.
@@ -312,7 +294,7 @@ def decode_frames(h: Header) -> list[Slice]:
     """Every frame of one file in modality units (grey) or as uint8 RGB, in stored order."""
     pydicom = require("pydicom", "dicom")
     try:
-        with quiet():
+        with quiet("pydicom"):
             ds = pydicom.dcmread(h.path)
             arr = _pixel_array(ds, h)
             photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()

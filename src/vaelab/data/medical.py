@@ -22,9 +22,12 @@ path relative to `--data-dir` in every message.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,23 @@ MAX_VOXELS = 2**30  # one volume or series (4 GiB as float32): refused before an
 MAX_SLICE_PIXELS = 64_000_000  # one 2-D slice, as for ordinary images
 INSTALL_HINT = "pip install 'vaelab[medical]'"
 DECODER_VERSION = "medical-1"  # bump when a change here changes decoded pixels (invalidates caches)
+
+
+@contextlib.contextmanager
+def quiet(library: str) -> Iterator[None]:
+    """Silence a reader library (its warnings and log lines): they can quote header values (names,
+    dates, descriptions) and would break the one-line error output."""
+    logger = logging.getLogger(library)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def require(module: str, dataset: str) -> Any:

@@ -34,6 +34,7 @@ from vaelab.data.medical import (
     closest_axial_axis,
     display_for,
     load_units,
+    quiet,
     relative,
     require,
     scan_tree,
@@ -42,6 +43,7 @@ from vaelab.data.medical import (
 from vaelab.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_MAGIC = (b"n+1", b"ni1", b"n+2", b"ni2")  # single-file and pair, NIfTI-1 and NIfTI-2
 
 
 def is_nifti_name(path: Path) -> bool:
@@ -53,8 +55,10 @@ def is_nifti_name(path: Path) -> bool:
 def open_nifti(path: Path, rel: str) -> Any:
     """nibabel's image for `path` with its header checked; no voxel has been read yet."""
     nib = require("nibabel", "nifti")
+    _check_raw_header(path, rel)
     try:
-        img = nib.load(str(path))
+        with quiet("nibabel"):
+            img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel on hostile bytes raises many types; one line each
         raise DataError(f"{rel}: not a readable NIfTI file ({type(exc).__name__}; corrupt header)") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -79,6 +83,23 @@ def open_nifti(path: Path, rel: str) -> Any:
     return img
 
 
+def _check_raw_header(path: Path, rel: str) -> None:
+    """sizeof_hdr and magic as stored (nibabel silently repairs some damage; vaelab refuses it)."""
+    import gzip
+    import zlib
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(548)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{rel}: not a readable NIfTI file ({type(exc).__name__}; corrupt header)") from None
+    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")} if len(head) >= 4 else set()
+    magic = head[344:348].rstrip(b"\0") if 348 in sizes else head[4:8].rstrip(b"\0")
+    if not sizes & {348, 540} or magic not in NIFTI_MAGIC:
+        raise DataError(f"{rel}: not a readable NIfTI file (corrupt header: bad size or magic)")
+
+
 @dataclass
 class Volumes:
     """A NIfTI file's voxels: `arrays` one float32 (I, J, K) array per time point, and their affine."""
@@ -92,7 +113,8 @@ def read_volumes(path: Path, rel: str) -> Volumes:
     """Every volume of a NIfTI file in its own voxel order, in the file's units (scl_slope applied)."""
     img = open_nifti(path, rel)
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        with quiet("nibabel"):
+            data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # noqa: BLE001 - truncated gzip, short file, bad dtype: one line each
         raise DataError(f"{rel}: its voxel data is truncated or corrupt ({type(exc).__name__})") from None
     check_finite(data, rel)
