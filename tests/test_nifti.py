@@ -18,8 +18,9 @@ nib = pytest.importorskip("nibabel")
 from vaelab.cli import main  # noqa: E402
 from vaelab.config import DataConfig  # noqa: E402
 from vaelab.data import load_data  # noqa: E402
-from vaelab.data.medical import PERCENTILES, Window, closest_axial_axis, window_series  # noqa: E402
+from vaelab.data.medical import PERCENTILES, Window, window_series  # noqa: E402
 from vaelab.data.nifti import NiftiUnit  # noqa: E402
+from vaelab.data.orientation import closest_axial_axis  # noqa: E402
 from vaelab.data.synthetic_scans import oblique_affine, phantom, write_nifti  # noqa: E402
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"

@@ -21,7 +21,6 @@ from typing import Any, Optional
 import numpy as np
 
 from vaelab.data.medical import (
-    Display,
     Slice,
     Window,
     fixed_window,
@@ -30,9 +29,9 @@ from vaelab.data.medical import (
     resize_float,
     robust_window,
     sample_for_percentiles,
-    take_slice,
     walk_files,
 )
+from vaelab.data.orientation import Display, display_for, take_slice
 from vaelab.errors import ConfigError, DataError, RunError
 
 BATCH = 256  # slices per forward pass
@@ -89,7 +88,6 @@ def read_scan(path: Path, slice_axis: Optional[int]) -> Scan:
 
 
 def _read_nifti(path: Path, slice_axis: Optional[int]) -> Scan:
-    from vaelab.data.medical import display_for
     from vaelab.data.nifti import open_nifti, read_volumes, slice_axis_for
 
     if not path.is_file():

@@ -17,7 +17,8 @@ X.nii.gz`); values outside the window were clipped on the way in and cannot come
 Splits are made by patient (PatientID, or a BIDS `sub-<label>` folder) where one is known, else by
 series / file: the slices of one scan never straddle train, validation and test. Identifying values
 (PatientID, UIDs) are only compared in memory, never written or printed: files are named by their
-path relative to `--data-dir` in every message.
+path relative to `--data-dir` in every message. How a slice is shown (the radiological view) is
+`orientation.py`'s job; the formats' own readers are `dicom.py` / `dicom_pixels.py` and `nifti.py`.
 """
 
 from __future__ import annotations
@@ -183,14 +184,18 @@ def window_series(slices: Callable[[], Iterator[Slice]], window: Optional[Window
     whole at full resolution.
     """
     if window is None:
-        samples = [sample_for_percentiles(s.values) for s in slices() if not s.colour and _finite(s)]
+        samples = []
+        for s in slices():
+            if not s.colour:
+                check_finite(s.values, s.where)  # before np.percentile: NaN would poison the window
+                samples.append(sample_for_percentiles(s.values))
         window = robust_window(samples)
     out, empty = [], 0
     for s in slices():
         image = colour_slice(s, size, channels) if s.colour else grey_slice(s, window, size)
         if image.ndim == 2:
-            image = np.repeat(image[None], channels, axis=0)
-        if not keep_empty and image.min() == image.max():
+            image = np.repeat(image[None], channels, axis=0)  # grey scans for an RGB model
+        if not keep_empty and is_empty(image):
             empty += 1
             continue
         out.append(image)
@@ -198,89 +203,9 @@ def window_series(slices: Callable[[], Iterator[Slice]], window: Optional[Window
     return images, empty
 
 
-def _finite(s: Slice) -> bool:
-    check_finite(s.values, s.where)
-    return True
-
-
-def is_empty(grey: np.ndarray) -> bool:
+def is_empty(image: np.ndarray) -> bool:
     """A slice is empty when it is one constant value after windowing."""
-    return bool(grey.min() == grey.max())
-
-
-# ---- orientation ------------------------------------------------------------------------------
-
-
-def closest_axial_axis(affine: np.ndarray) -> int:
-    """The voxel axis whose direction is closest to the scanner's z (head-feet) axis."""
-    directions = np.asarray(affine, dtype=np.float64)[:3, :3]
-    norms = np.linalg.norm(directions, axis=0)
-    norms[norms == 0] = 1.0
-    return int(np.argmax(np.abs(directions[2]) / norms))
-
-
-def world_axes(affine: np.ndarray) -> list[tuple[int, float]]:
-    """For each voxel axis: the world (RAS) axis it runs closest to, and the sign of its direction.
-
-    A permutation: an oblique axis that ties takes the world axis the clearer axes left over.
-    """
-    directions = np.asarray(affine, dtype=np.float64)[:3, :3]
-    chosen: dict[int, tuple[int, float]] = {}
-    for axis in np.argsort(-np.abs(directions).max(axis=0), kind="stable"):  # most clear-cut first
-        taken = {w for w, _ in chosen.values()}
-        world = next(int(w) for w in np.argsort(-np.abs(directions[:, axis]), kind="stable") if int(w) not in taken)
-        chosen[int(axis)] = (world, float(np.sign(directions[world, axis]) or 1.0))
-    return [chosen[a] for a in range(3)]
-
-
-@dataclass(frozen=True)
-class Display:
-    """How a slice's voxel array (p, q) becomes the image shown: transpose, then flips."""
-
-    transpose: bool
-    flip_rows: bool
-    flip_cols: bool
-
-    def forward(self, values: np.ndarray) -> np.ndarray:
-        """Voxel-order slice (p, q) -> displayed image (rows, cols)."""
-        out = values.T if self.transpose else values
-        if self.flip_rows:
-            out = out[::-1]
-        if self.flip_cols:
-            out = out[:, ::-1]
-        return np.ascontiguousarray(out)
-
-    def backward(self, image: np.ndarray) -> np.ndarray:
-        """Displayed image -> voxel-order slice (the inverse of `forward`)."""
-        out = image
-        if self.flip_cols:
-            out = out[:, ::-1]
-        if self.flip_rows:
-            out = out[::-1]
-        return np.ascontiguousarray(out.T if self.transpose else out)
-
-
-def display_for(affine: np.ndarray, slice_axis: int) -> Display:
-    """The radiological view of slices along `slice_axis`: as a DICOM viewer shows them.
-
-    Axial: patient's left on the right of the image, anterior at the top; coronal: left on the
-    right, superior at the top; sagittal: posterior on the right, superior at the top (world
-    axes from the affine, RAS). Nothing but the figures depends on this choice.
-    """
-    axes = world_axes(affine)
-    p, q = (a for a in range(3) if a != slice_axis)
-    normal = axes[slice_axis][0]
-    row_world = {2: 1, 1: 2, 0: 2}[normal]  # axial: rows run along y; coronal, sagittal: along z
-    transpose = axes[p][0] != row_world
-    row_axis, col_axis = (q, p) if transpose else (p, q)
-    # Down the rows the image goes toward posterior / inferior, across toward left / posterior:
-    # the negative RAS direction of each, so flip a voxel axis that runs the positive way.
-    return Display(bool(transpose), axes[row_axis][1] > 0, axes[col_axis][1] > 0)
-
-
-def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice `index` of a 3-D array along `axis` -> 2-D (the other two axes, in order)."""
-    return np.take(volume, index, axis=axis)
+    return bool(image.min() == image.max())
 
 
 # ---- files, labels and splits -----------------------------------------------------------------

@@ -26,20 +26,17 @@ from vaelab.config import DataConfig
 from vaelab.data.base import ImageData
 from vaelab.data.medical import (
     MAX_VOXELS,
-    Display,
     Slice,
     Unit,
     bids_subject,
     check_finite,
-    closest_axial_axis,
-    display_for,
     load_units,
     quiet,
     relative,
     require,
     scan_tree,
-    take_slice,
 )
+from vaelab.data.orientation import Display, closest_axial_axis, display_for, take_slice
 from vaelab.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
