@@ -113,12 +113,9 @@ def _read_dicom(path: Path) -> Scan:
         raise DataError(f"{path.name}: holds {len({h.series for h in headers})} DICOM series; give the file or "
                         "folder of one series")
     series = order_series(headers)
-    frames = list(series.slices())
-    if any(s.colour for s in frames):
-        raise DataError(f"{path.name}: a colour DICOM series cannot be written as a NIfTI volume; use --out X.png")
-    volume = np.stack([s.values for s in frames]).transpose(2, 1, 0)  # (K, R, C) -> (C, R, K) as NIfTI stores it
+    volume, invert = series.volume()  # (columns, rows, slices), as NIfTI stores it
     # A voxel slice (C, R) shows as the stored frame (R, C): transpose, no flips.
-    return Scan([volume], series.affine(), volume.shape, 2, Display(True, False, False), [s.invert for s in frames])
+    return Scan([volume], series.affine(), volume.shape, 2, Display(True, False, False), invert)
 
 
 def _window(scan: Scan, data_cfg: Any) -> Window:

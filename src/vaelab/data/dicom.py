@@ -220,6 +220,14 @@ class Series:
             for i in order:
                 yield frames[i]
 
+    def volume(self) -> tuple[np.ndarray, list[bool]]:
+        """The whole series as one float32 volume (columns, rows, slices) in modality units, NIfTI's
+        voxel order for `affine()`, and each slice's MONOCHROME1 flag: what a 3-D loader starts from."""
+        frames = list(self.slices())
+        if any(s.colour for s in frames):
+            raise DataError(f"{self.headers[0].rel}: a colour series is not a volume")
+        return np.stack([s.values for s in frames]).transpose(2, 1, 0), [s.invert for s in frames]
+
     def normal(self) -> Optional[np.ndarray]:
         """The slice normal (row direction × column direction), where the orientation is known."""
         o = self.headers[0].orientation
