@@ -77,9 +77,8 @@ class DataConfig:
     # dicom / nifti: the window in modality units (HU for CT); None = per-series robust percentiles.
     intensity_window: Optional[list[float]] = None
     cache: bool = True  # folder / dicom / nifti: decode once into the decoded-image cache (data/cache.py)
-    # dicom / nifti (data/medical.py):
     slice_axis: Optional[int] = None  # nifti: voxel axis to slice along; None = the one closest to axial
-    keep_empty_slices: bool = False  # keep slices that are one constant value after windowing
+    keep_empty_slices: bool = False  # dicom / nifti: keep slices that are one constant value after windowing
     allow_mixed: bool = False  # dicom: allow several modalities (CT, MR, ...) in one dataset
     class_folders: bool = True  # dicom / nifti: the top-level sub-folders of data_dir are class labels
 
