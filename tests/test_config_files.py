@@ -23,6 +23,7 @@ SAMPLES = {
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",
     "--beta": "2.5", "--kl-warmup": "1.5", "--objective": "iwae", "--iw-samples-train": "5", "--grad-clip": "1.0",
     "--checkpoint-every": "50", "--device": "cpu", "--precision": "bf16", "--threads": "2", "--step": "autograd",
+    "--slice-axis": "1",
 }
 
 
@@ -44,9 +45,13 @@ def test_every_flag_is_a_real_config_key():
 
 @pytest.mark.parametrize("flag", TRAIN_FLAGS, ids=lambda f: f.flag)
 def test_each_flag_and_its_toml_key_give_the_same_config(flag, tmp_path, capsys):
-    argv = [flag.flag] if flag.is_switch else [flag.flag, SAMPLES[flag.flag]]
-    from_flag = _show(capsys, *argv)
     section, name = flag.key.split(".")
+    if flag.is_switch:  # the form that changes the default: --x for a default off, --no-x for one on
+        on_by_default = getattr(getattr(RunConfig(), section), name)
+        argv = ["--no-" + flag.flag[2:] if on_by_default else flag.flag]
+    else:
+        argv = [flag.flag, SAMPLES[flag.flag]]
+    from_flag = _show(capsys, *argv)
     value = from_flag[section][name]
     assert value != _show(capsys)[section][name], "the sample must change the setting"
     path = tmp_path / "exp.toml"

@@ -166,7 +166,9 @@ def test_train_on_a_nifti_folder_with_labels(tmp_path):
     assert cfg["data"]["slice_axis"] == 2 and cfg["model"]["num_classes"] == 2
 
 
-def test_slice_axis_is_refused_for_other_datasets(capsys):
-    assert main(["config", "--dataset", "dicom", "--slice-axis", "1"]) != 0
-    assert "slice_axis is for --dataset nifti" in capsys.readouterr().err
+def test_slice_axis_is_refused_for_dicom(tmp_path, capsys):
+    assert main(["train", "--dataset", "dicom", "--data-dir", str(tmp_path), "--slice-axis", "1",
+                 "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--slice-axis is for --dataset nifti" in err[0] and not (tmp_path / "run").exists()
     assert main(["config", "--dataset", "nifti", "--slice-axis", "3"]) != 0

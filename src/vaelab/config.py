@@ -96,8 +96,6 @@ class DataConfig:
             problems.append(f"image_size must be between 4 and 1024, got {self.image_size}")
         if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
             problems.append(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
-        elif self.slice_axis is not None and self.dataset != "nifti":
-            problems.append("slice_axis is for --dataset nifti (DICOM images are their stored slices and frames)")
         if self.channels is not None and self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -38,7 +38,7 @@ from vaelab.data.medical import (
     require,
     scan_tree,
 )
-from vaelab.errors import DataError
+from vaelab.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")  # a file named so must be DICOM
 # Pixel-bearing objects that are not images of the patient: segmentations, dose grids, raw data.
@@ -333,6 +333,8 @@ def load_dicom(cfg: DataConfig) -> ImageData:
     """The DICOM files under `data_dir`: one image per slice / frame, split by patient (else series)."""
     if cfg.data_dir is None:
         raise DataError("--dataset dicom needs --data-dir DIR (a folder of DICOM files, searched recursively)")
+    if cfg.slice_axis is not None:
+        raise ConfigError("--slice-axis is for --dataset nifti (DICOM images are their stored slices and frames)")
     pydicom = require("pydicom", "dicom")
     root = Path(cfg.data_dir).expanduser()
     files, labels, class_names = scan_tree(root, "dicom", cfg.class_folders)
