@@ -36,6 +36,30 @@ def _npz(tmp_path):
     return DataConfig(dataset="npz", data_path=str(tmp_path / "m.npz"))
 
 
+def _dicom(tmp_path):
+    from vaelab.data.synthetic_scans import phantom, write_dicom_series
+
+    pytest.importorskip("pydicom")
+    root = tmp_path / "dicom"
+    for k, cls in enumerate(("a", "b", "c")):
+        for i in range(8):  # one patient per series: the splits are made by patient
+            write_dicom_series(root / cls / f"p{i}", phantom((5, 8, 8), seed=10 * k + i), series=f"{cls}{i}",
+                               identity={"PatientID": f"{cls}-{i}"})
+    return DataConfig(dataset="dicom", data_dir=str(root), image_size=8, val_fraction=0.3)
+
+
+def _nifti(tmp_path):
+    from vaelab.data.synthetic_scans import phantom, write_nifti
+
+    pytest.importorskip("nibabel")
+    root = tmp_path / "nifti"
+    for k, cls in enumerate(("a", "b", "c")):
+        for i in range(8):  # one volume per file; the files are the split's groups
+            write_nifti(root / cls / f"v{i}.nii.gz", phantom((8, 8, 5), seed=10 * k + i))
+    return DataConfig(dataset="nifti", data_dir=str(root), image_size=8, val_fraction=0.3,
+                      intensity_window=[-1000.0, 700.0])
+
+
 def _labelled_configs(tmp_path, fake_mnist):
     """One DataConfig per labelled dataset kind in DATASETS (all built here, offline)."""
     return {
@@ -44,6 +68,8 @@ def _labelled_configs(tmp_path, fake_mnist):
         "fashion-mnist": DataConfig(dataset="fashion-mnist", data_dir=str(fake_mnist)),
         "folder": _folder(tmp_path),
         "npz": _npz(tmp_path),
+        "dicom": _dicom(tmp_path),
+        "nifti": _nifti(tmp_path),
     }
 
 
