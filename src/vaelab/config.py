@@ -19,8 +19,10 @@ from typing import Any, Literal, Optional
 
 from vaelab.errors import ConfigError
 
-# Bumped whenever the meaning of a saved field changes; configs from a newer version are refused.
-CONFIG_VERSION = 1
+# Bumped whenever the meaning of a saved field changes; configs from a newer version are refused,
+# older ones are migrated by `migrate_config` (version 2: `model.conv_layout`, whose absence in a
+# version-1 conv config means the only layout there was then, "resize").
+CONFIG_VERSION = 2
 MAX_SEED = 2**63  # torch, numpy and Python all accept seeds in 0..2**63-1
 # `vaelab eval`'s importance samples (here, not in vaelab.evaluate, so the CLI can show them
 # without importing torch): K = 5000 is the standard for reported likelihoods (Burda et al. 2015).
@@ -37,6 +39,7 @@ LikelihoodName = Literal["gaussian", "bernoulli"]
 PriorName = Literal["normal"]  # models/priors.py PRIORS
 PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
+ConvLayout = Literal["transposed", "resize"]  # models/conv.py DECODER_STAGES
 Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
@@ -107,6 +110,10 @@ class ModelConfig:
     # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
     hidden: list[int] = field(default_factory=list)
     activation: Activation = "relu"
+    # conv: "transposed" = stride-2 convs down, one dense layer each side, stride-2 transposed
+    # convs up (0.29 M parameters at 32,64,128 / latent 16 / 28×28); "resize" = the layout of
+    # config version 1: 256-wide dense layers, nearest-neighbour resize + conv up (1.26 M).
+    conv_layout: ConvLayout = "transposed"
     likelihood: LikelihoodName = "gaussian"  # gaussian = the paper's MSE criterion
     # Fixed std of the gaussian likelihood. 1/sqrt(2) makes -log p(x|z) = sum of squared errors
     # + a constant, i.e. exactly the paper's summed-MSE criterion.
@@ -251,7 +258,7 @@ class RunConfig:
                 f"config version {version} is newer than this vaelab understands ({CONFIG_VERSION}); "
                 "upgrade vaelab to load it"
             )
-        return _build(cls, raw, "").validate()
+        return _build(cls, migrate_config(raw), "").validate()
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -264,6 +271,23 @@ class RunConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         return cls.from_dict(raw)
+
+
+def migrate_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A parsed config of any older version as the current version reads it (a new dict).
+
+    Version 1 -> 2: a conv model without `conv_layout` was built in the one layout of version 1,
+    "resize" (the new default, "transposed", is a different network), so old run folders load,
+    resume and evaluate the network they trained. The result says the current version (a resumed
+    run rewrites its config.json in the current format).
+    """
+    version = raw.get("version", CONFIG_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version >= CONFIG_VERSION:
+        return raw  # current (or refused later with a clear error)
+    model = raw.get("model")
+    if version < 2 and isinstance(model, dict) and model.get("arch") == "conv" and "conv_layout" not in model:
+        raw = {**raw, "model": {**model, "conv_layout": "resize"}}
+    return {**raw, "version": CONFIG_VERSION}
 
 
 def _build(cls: type, raw: dict, prefix: str) -> Any:
@@ -341,7 +365,8 @@ def approx_parameters(model: ModelConfig) -> float:
     mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
     ways, plus dense layers between the last feature map (each stage halving every spatial size,
-    rounding up) and the latent code via a dense width counted as 512.
+    rounding up) and the latent code via a dense width counted as 512 (directly, for the conv
+    layout "transposed").
     """
     if model.image_shape is None:
         return 0.0
@@ -361,7 +386,11 @@ def approx_parameters(model: ModelConfig) -> float:
     feature = list(spatial)
     for _ in hidden:
         feature = [math.ceil(f / 2) for f in feature]
-    dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (2 * latent + extra)
+    flat = hidden[-1] * math.prod(feature)
+    if model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
+        dense = (flat + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * flat
+    else:
+        dense = (flat + extra + 1) * 512 + 513 * (2 * latent + extra)
     return 2.0 * (convs + dense)
 
 

@@ -57,7 +57,7 @@ from vaelab.distributed import (
 from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
-from vaelab.models import build_model
+from vaelab.models import build_model, use_fast_memory_format
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
 from vaelab.optim import Adam, make_optimizer
@@ -206,6 +206,8 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
     model = build_model(cfg.model).to(device)
+    if ctx.world_size == 1:  # conv weights channels-last on a CPU (DDP's gradient buckets keep the default)
+        use_fast_memory_format(model, device)
     optimizer = make_optimizer(model, tc)
     data_gen = torch.Generator().manual_seed(tc.seed)  # data order + dynamic binarisation
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig
+from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig, migrate_config
 from vaelab.errors import ConfigError
 from vaelab.presets import PRESETS
 
@@ -78,6 +78,10 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
          "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
     Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
+    Flag("--conv-layout", "model.conv_layout", str,
+         "conv: transposed (default: strided convs down, transposed convs up, 0.29 M parameters at 28×28) or "
+         "resize (the layout of runs with config version 1: 256-wide dense layers, resize + conv up, 1.26 M)",
+         ("transposed", "resize")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
@@ -189,7 +193,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot parse {p} as {kind}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a table/object of settings")
-    flat = _flatten(raw)
+    flat = _flatten(migrate_config(raw))  # an old run's config.json repeats the network it trained
     version = flat.get("version", CONFIG_VERSION)
     if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
         raise ConfigError(f"{p} has config version {version}, newer than this vaelab understands "
