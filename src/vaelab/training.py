@@ -403,6 +403,10 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     """
     import warnings
 
+    # A persistent compile cache (Inductor's FX-graph and AOTAutograd caches live under this
+    # folder): a second run of the same set-up skips code generation (benchmarks/train_speed.py
+    # --arch conv --levers measures both). /tmp, Inductor's default, is emptied on reboot.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "vaelab" / "torch-compile"))
     b = min(tc.batch_size, len(split))  # the first global batch, unshuffled; our rows of it
     x, y = next(iterate_batches(split, b, shuffle=False, device=split.images.device, shard=(ctx.rank, ctx.world_size)))
     y = y if use_labels else None
