@@ -122,6 +122,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def main() -> int:
+    from vaelab.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # speed depends on the CPU model: every benchmark says which
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", nargs="?", default=str(DEFAULT_RUN), help=f"run folder (default {DEFAULT_RUN})")
     parser.add_argument("--clients", type=int, default=16)

@@ -105,6 +105,9 @@ def conditional_benchmark(run: Path, judge, per_class: int, seed: int) -> None:
 
 
 def main() -> None:
+    from vaelab.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # speed depends on the CPU model: every benchmark says which
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/datasets/mnist")
     parser.add_argument("--plain-runs", nargs="+", type=Path,

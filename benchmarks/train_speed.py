@@ -1,5 +1,13 @@
 """Training speed: vaelab against the usual plain-PyTorch recipe, on the same MNIST files.
 
+`--arch mlp` (default) is the recipe below; `--arch conv` (and `--arch resnet`, once that
+architecture is registered) trains vaelab's default network of that architecture (latent 16,
+Bernoulli on grey pixels) against `plain_reference.py`: *exactly the same layers* (taken from
+vaelab's registry) in the loop users write (per-sample Dataset + DataLoader,
+BCE-with-logits summed, torch.optim.Adam). `--dataset cifar10` is the colour case
+(../shared/datasets/cifar10-jpeg/train as a folder dataset, 32×32×3; the reference decodes the
+JPEGs per sample as torchvision's ImageFolder does). Every run prints the CPU model and its flags.
+
 The common recipe (pytorch/examples `vae/main.py`): MLP 784-400-20 ReLU, sigmoid output,
 `F.binary_cross_entropy(..., reduction="sum")` on grey pixels + the closed-form KL, Adam 1e-3,
 batch 128, data fed one sample at a time through a `Dataset` + `DataLoader`. The reference below
@@ -22,6 +30,8 @@ like-for-like comparison the benchmark holds out as few as allowed: `--val-fract
     python benchmarks/train_speed.py                     # everything (about 4 minutes on 2 cores)
     python benchmarks/train_speed.py --skip-commands     # only the alternating per-epoch part
     python benchmarks/train_speed.py --reference-script --epochs 5   # the reference, standalone
+    python benchmarks/train_speed.py --arch conv --epochs 4 --levers  # conv on MNIST, + its lever table
+    python benchmarks/train_speed.py --arch conv --dataset cifar10 --epochs 3
 """
 
 from __future__ import annotations
@@ -44,7 +54,19 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mnist"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # plain_reference.py, next to this file
+
+
+def _shared_datasets() -> Path:
+    """../shared/datasets from the repository (a worktree one level deeper finds /work/shared too)."""
+    for root in (REPO.parent, REPO.parent.parent):
+        if (root / "shared" / "datasets").is_dir():
+            return root / "shared" / "datasets"
+    return REPO.parent / "shared" / "datasets"
+
+
+DEFAULT_DATA = _shared_datasets() / "mnist"
+DEFAULT_CIFAR = _shared_datasets() / "cifar10-jpeg"
 # The vaelab side of the recipe, as `vaelab train` flags.
 VAELAB_FLAGS = [
     "--dataset", "mnist", "--arch", "mlp", "--hidden", "400", "--latent-dim", "20", "--likelihood", "bernoulli",
@@ -159,8 +181,9 @@ def reference_script(data_dir: Path, epochs: int) -> None:
 
 # ---- 1. per-epoch, alternating, in one process ------------------------------------------------
 
-def alternate_epochs(data_dir: Path, epochs: int, extra_flags: list[str]) -> dict[str, list[float] | float]:
-    """Train vaelab and the reference epoch by epoch in turn; return their epoch times and test losses."""
+def alternate_epochs(flags: list[str], epochs: int, make_reference) -> dict[str, list[float] | float]:
+    """Train vaelab (`vaelab train` FLAGS) and the reference epoch by epoch in turn; return their
+    epoch times and test losses. `make_reference(cfg, data)` builds the reference's state."""
     from vaelab.cli.options import build_config, flag_overrides
     from vaelab.cli.train_cmd import register
     from vaelab.data import load_data
@@ -169,17 +192,17 @@ def alternate_epochs(data_dir: Path, epochs: int, extra_flags: list[str]) -> dic
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", *VAELAB_FLAGS, "--data-dir", str(data_dir), "--epochs", str(epochs),
-                              *extra_flags])
+    args = parser.parse_args(["train", *flags, "--epochs", str(epochs)])
     cfg = build_config(None, None, flag_overrides(args))
     data = load_data(cfg.data)
-    ref = Reference(data_dir)
+    ref = make_reference(cfg, data)
     result: dict[str, list[float] | float] = {"vaelab": [], "reference": []}
 
     def after_vaelab_epoch(row: dict, model: torch.nn.Module) -> None:
         result["vaelab"].append(row["seconds"])
         if row["epoch"] == epochs:
             result["vaelab_test"] = elbo_on_split(model, data.test)["loss"]
+            result["parameters"] = sum(p.numel() for p in model.parameters())
         # The reference as the example is written: no subnormal flushing on this (main) thread. Its
         # worker thread keeps the flushing it inherited at start-up: that only helps the reference.
         torch.set_flush_denormal(False)
@@ -194,6 +217,83 @@ def alternate_epochs(data_dir: Path, epochs: int, extra_flags: list[str]) -> dic
         train(cfg, Path(tmp) / "run", progress=False, data=data, hook=after_vaelab_epoch)
     result["reference_test"] = ref.test()
     return result
+
+
+def report_epochs(res: dict, epochs: int, what: str) -> None:
+    """The per-epoch summary lines (medians, ratio, test losses, peak memory)."""
+    v_times, r_times = res["vaelab"], res["reference"]
+    v_med, r_med = statistics.median(v_times), statistics.median(r_times)
+    v_mean, r_mean = statistics.fmean(v_times), statistics.fmean(r_times)
+    print(f"seconds per epoch (median / mean of {epochs}): vaelab {v_med:.2f} / {v_mean:.2f}, "
+          f"reference {r_med:.2f} / {r_mean:.2f}")
+    print(f"ratio (reference / vaelab): median {r_med / v_med:.2f}x, mean {r_mean / v_mean:.2f}x")
+    print(f"test loss after {epochs} epochs ({what}): vaelab {res['vaelab_test']:.2f}, "
+          f"reference {res['reference_test']:.2f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process (both trainers + both datasets): {peak:.0f} MiB")
+
+
+# ---- image models: --arch conv / resnet ------------------------------------------------------
+
+# vaelab's side as `vaelab train` flags (the data flags come from `image_data_flags`).
+IMAGE_FLAGS = ["--latent-dim", "16", "--likelihood", "bernoulli", "--binarize", "none", "--batch-size", "128",
+               "--lr", "1e-3", "--val-fraction", "0.0001"]
+IMAGE_SHAPES = {"mnist": [1, 28, 28], "cifar10": [3, 32, 32]}
+
+
+def image_data_flags(dataset: str, mnist_dir: Path, cifar_dir: Path) -> list[str]:
+    if dataset == "mnist":
+        return ["--dataset", "mnist", "--data-dir", str(mnist_dir)]
+    return ["--dataset", "folder", "--data-dir", str(cifar_dir / "train"), "--image-size", "32", "--channels", "3"]
+
+
+def image_flags(args) -> list[str]:
+    return [*image_data_flags(args.dataset, args.data_dir, args.cifar_dir), "--arch", args.arch, *IMAGE_FLAGS,
+            *args.vaelab_flag]
+
+
+def reference_source(args, val_fraction: float) -> tuple:
+    """Where the reference reads its per-sample data: the same files vaelab loads."""
+    if args.dataset == "mnist":
+        return ("mnist", args.data_dir)
+    return ("folder", args.cifar_dir / "train", val_fraction)
+
+
+def image_model_config(args):
+    """The finalised model config of `vaelab train` with these flags, without loading the data."""
+    from vaelab.cli.options import build_config, flag_overrides
+    from vaelab.cli.train_cmd import register
+    from vaelab.models.vae import resolve_hidden
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    cfg = build_config(None, None, flag_overrides(parser.parse_args(["train", *image_flags(args)])))
+    cfg.model.image_shape = list(IMAGE_SHAPES[args.dataset])
+    cfg.model.hidden = resolve_hidden(cfg.model)
+    return cfg
+
+
+def image_reference_script(args) -> None:
+    """The whole reference program for an image model: load, then per epoch train and test."""
+    from plain_reference import ImageReference
+
+    cfg = image_model_config(args)
+    ref = ImageReference(cfg.model, reference_source(args, cfg.data.val_fraction))
+    for epoch in range(1, args.epochs + 1):
+        print(f"====> Epoch: {epoch} Average loss: {ref.train(epoch):.4f}")
+        print(f"====> Test set loss: {ref.test():.4f}")
+
+
+def make_image_reference(args):
+    def make(cfg, data):
+        import copy
+
+        from plain_reference import ImageReference
+        from vaelab.training import finalize_config
+
+        model_cfg = finalize_config(copy.deepcopy(cfg), data).model
+        return ImageReference(model_cfg, reference_source(args, cfg.data.val_fraction))
+    return make
 
 
 # ---- 3. the levers, one at a time -------------------------------------------------------------
@@ -343,16 +443,17 @@ def timed_child(cmd: list[str]) -> tuple[float, float]:
     return float(seconds), int(peak_kib) / 1024  # Linux reports KiB
 
 
-def whole_commands(data_dir: Path, epochs: int, repeats: int, extra_flags: list[str]) -> None:
+def whole_commands(flags: list[str], reference_cmd: list[str], epochs: int, repeats: int) -> None:
+    """`vaelab train FLAGS` against the reference program, as timed subprocesses, alternated."""
     vaelab_bin = shutil.which("vaelab") or str(Path(sys.executable).with_name("vaelab"))
     times: dict[str, list[float]] = {"vaelab": [], "reference": []}
     memory: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
-            "vaelab": [vaelab_bin, "train", *VAELAB_FLAGS, "--data-dir", str(data_dir), "--epochs", str(epochs),
-                       "--out", str(Path(tmp) / "run"), "--force", "--quiet", *extra_flags],
-            "reference": [sys.executable, __file__, "--reference-script", "--epochs", str(epochs),
-                          "--data-dir", str(data_dir), "--threads", str(torch.get_num_threads())],
+            "vaelab": [vaelab_bin, "train", *flags, "--epochs", str(epochs), "--out", str(Path(tmp) / "run"),
+                       "--force", "--quiet"],
+            "reference": [sys.executable, __file__, "--reference-script", "--epochs", str(epochs), *reference_cmd,
+                          "--threads", str(torch.get_num_threads())],
         }
         for name, cmd in commands.items():
             print(f"{name}: {' '.join(cmd)}")
@@ -371,11 +472,20 @@ def whole_commands(data_dir: Path, epochs: int, repeats: int, extra_flags: list[
 
 
 def main() -> None:
+    from vaelab.hardware import describe_machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--arch", default="mlp",
+                        help="mlp (the pytorch/examples recipe, default), conv, or resnet once registered")
+    parser.add_argument("--dataset", default="mnist", choices=("mnist", "cifar10"),
+                        help="image models: mnist (default) or cifar10 (../shared/datasets/cifar10-jpeg)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the MNIST IDX files")
+    parser.add_argument("--cifar-dir", type=Path, default=DEFAULT_CIFAR, help="CIFAR-10 as JPEG folders")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the alternating comparison")
-    parser.add_argument("--command-epochs", type=int, default=5, help="epochs of the whole-command comparison")
-    parser.add_argument("--repeats", type=int, default=2, help="alternations of the whole commands")
+    parser.add_argument("--command-epochs", type=int, default=None,
+                        help="epochs of the whole-command comparison (default 5 for mlp, 1 for image models)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="alternations of the whole commands (default 2 for mlp, 1 for image models)")
     parser.add_argument("--skip-epochs", action="store_true", help="skip the per-epoch comparison")
     parser.add_argument("--skip-commands", action="store_true", help="skip the whole-command comparison")
     parser.add_argument("--reference-script", action="store_true", help="run only the reference program")
@@ -385,6 +495,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for both sides (0 = PyTorch's default: one per core)")
     args = parser.parse_args()
+    image = args.arch != "mlp"
+    if image:
+        from vaelab.models import ARCHITECTURES
+
+        if args.arch not in ARCHITECTURES:
+            print(f"--arch {args.arch}: not registered in this vaelab (architectures: {', '.join(ARCHITECTURES)}); "
+                  "nothing to measure")
+            return
+    elif args.dataset != "mnist":
+        parser.error("the mlp recipe is MNIST's; --dataset cifar10 is for --arch conv / resnet")
     if not args.reference_script:
         from vaelab.runtime import enable_flush_denormals
 
@@ -393,30 +513,46 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         args.vaelab_flag = [*args.vaelab_flag, f"--threads={args.threads}"]
     if args.reference_script:
-        reference_script(args.data_dir, args.epochs)
+        if image:
+            image_reference_script(args)
+        else:
+            reference_script(args.data_dir, args.epochs)
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(describe_machine())
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    if image:
+        flags = image_flags(args)
+        what = f"BCE-with-logits summed + KL, per image, {args.dataset} test images"
+        make_reference = make_image_reference(args)
+        reference_cmd = ["--arch", args.arch, "--dataset", args.dataset, "--data-dir", str(args.data_dir),
+                         "--cifar-dir", str(args.cifar_dir), *(f"--vaelab-flag={f}" for f in args.vaelab_flag)]
+    else:
+        flags = [*VAELAB_FLAGS, "--data-dir", str(args.data_dir), *args.vaelab_flag]
+        what = "BCE summed + KL, per image, 10k test images"
+        make_reference = lambda cfg, data: Reference(args.data_dir)  # noqa: E731
+        reference_cmd = ["--data-dir", str(args.data_dir)]
+    print(f"vaelab train {' '.join(flags)}")
     if not args.skip_epochs:
-        res = alternate_epochs(args.data_dir, args.epochs, args.vaelab_flag)
-        v_times, r_times = res["vaelab"], res["reference"]
-        v_med, r_med = statistics.median(v_times), statistics.median(r_times)
-        v_mean, r_mean = statistics.fmean(v_times), statistics.fmean(r_times)
-        print(f"seconds per epoch (median / mean of {args.epochs}): vaelab {v_med:.2f} / {v_mean:.2f}, "
-              f"reference {r_med:.2f} / {r_mean:.2f}")
-        print(f"ratio (reference / vaelab): median {r_med / v_med:.2f}x, mean {r_mean / v_mean:.2f}x")
-        print(f"test loss after {args.epochs} epochs (BCE summed + KL, per image, 10k test images): "
-              f"vaelab {res['vaelab_test']:.2f}, reference {res['reference_test']:.2f}")
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak resident memory of this process (both trainers + both datasets): {peak:.0f} MiB")
+        res = alternate_epochs(flags, args.epochs, make_reference)
+        if image:
+            print(f"network: vaelab's --arch {args.arch} default, {res['parameters'] / 1e6:.3f} M parameters "
+                  f"(the reference trains the same modules)")
+        report_epochs(res, args.epochs, what)
     if args.levers:
         print("levers (each switched alone):")
-        lever_step_times(args.data_dir, steps=100, rounds=3)
-        flush_lever(args.data_dir)
-        figure_seconds(args.data_dir)
+        if image:
+            from conv_levers import image_lever_table
+
+            image_lever_table(flags, steps=20, rounds=3)
+        else:
+            lever_step_times(args.data_dir, steps=100, rounds=3)
+            flush_lever(args.data_dir)
+            figure_seconds(args.data_dir)
     if not args.skip_commands:
-        whole_commands(args.data_dir, args.command_epochs, args.repeats, args.vaelab_flag)
+        epochs = args.command_epochs or (1 if image else 5)
+        repeats = args.repeats or (1 if image else 2)
+        whole_commands(flags, reference_cmd, epochs, repeats)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

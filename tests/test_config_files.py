@@ -18,7 +18,8 @@ from vaelab.config import RunConfig
 SAMPLES = {
     "--dataset": "npz", "--data-dir": "some/images", "--data-path": "some/file.npz", "--image-size": "32",
     "--channels": "3", "--binarize": "dynamic", "--val-fraction": "0.25", "--split-seed": "5",
-    "--intensity-window": "100,4000", "--train-classes": "0,3", "--arch": "conv", "--latent-dim": "7",
+    "--intensity-window": "100,4000", "--train-classes": "0,3", "--arch": "conv", "--conv-layout": "resize",
+    "--latent-dim": "7",
     "--hidden": "64,32",
     "--activation": "tanh", "--likelihood": "bernoulli", "--gaussian-std": "0.3", "--epochs": "3",
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",

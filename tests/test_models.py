@@ -12,21 +12,26 @@ from vaelab.checkpoint import load_weights, save_weights
 from vaelab.config import ModelConfig
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.models import ARCHITECTURES, VAE
+from vaelab.models.conv import DECODER_STAGES
 from vaelab.models.posterior import DiagonalGaussian
 from vaelab.objectives import OBJECTIVES
 
 SHAPES = [(1, 28, 28), (3, 8, 8), (1, 13, 17)]
+# Every architecture, the conv one in each of its layouts: "conv:resize" = arch conv, conv_layout resize.
+VARIANTS = sorted([a for a in ARCHITECTURES if a != "conv"] + [f"conv:{layout}" for layout in DECODER_STAGES])
 
 
-def make(arch: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False) -> VAE:
+def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False) -> VAE:
     torch.manual_seed(0)
+    arch, _, layout = variant.partition(":")
     hidden = [16, 8] if arch == "mlp" else [4, 8]
     cfg = ModelConfig(arch=arch, likelihood=likelihood, latent_dim=latent_dim, hidden=hidden,
-                      image_shape=list(shape), conditional=conditional, num_classes=10 if conditional else 0)
+                      image_shape=list(shape), conditional=conditional, num_classes=10 if conditional else 0,
+                      **({"conv_layout": layout} if layout else {}))
     return VAE(cfg)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", VARIANTS)
 @pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_shapes(arch, likelihood, shape):
@@ -43,7 +48,7 @@ def test_shapes(arch, likelihood, shape):
     assert model.sample(4).shape == (4, *shape)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", VARIANTS)
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_gradients_reach_every_parameter(arch, objective):
     model = make(arch, "bernoulli", conditional=True)
@@ -112,7 +117,7 @@ def test_reparameterisation_is_sigma_times_noise_plus_mean():
     torch.testing.assert_close(z, torch.tensor([[2.0, 0.5]]) * noise + torch.tensor([[1.0, -2.0]]))
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", VARIANTS)
 def test_save_load_round_trip(tmp_path, arch):
     model = make(arch, "gaussian", conditional=True)
     save_weights(model, tmp_path / "w.safetensors")

@@ -112,3 +112,32 @@ def test_training_start_up_does_not_import_torch_dynamo(tmp_path):
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_fused_step_is_right_for_channels_last_weights_and_layout_changes():
+    """The fused kernel walks parameter, gradient and moments as flat arrays: with a channels-last
+    conv weight (the CPU default for conv models) every one must share its layout, also after a
+    checkpoint round trip (saved contiguous) and after the model's layout changes mid-run."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(3, 4, 3)
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    conv.load_state_dict(ref.state_dict())
+    ours, theirs = Adam(conv.parameters(), lr=0.1), torch.optim.Adam(ref.parameters(), lr=0.1, foreach=False)
+    x = torch.randn(2, 3, 6, 6)
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+
+    for i in range(4):
+        step(conv, ours)
+        step(ref, theirs)
+        if i == 1:  # checkpoint round trip: the moments come back contiguous from the file
+            state = {k: v for k, v in ours.state_dict().items()}
+            state["state"] = {k: {n: t.contiguous() for n, t in s.items()} for k, s in state["state"].items()}
+            ours = Adam(conv.parameters(), lr=0.1)
+            ours.load_state_dict(state)
+        if i == 2:  # the layout changes under an optimiser that already has state
+            conv.to(memory_format=torch.contiguous_format)
+        torch.testing.assert_close(conv.weight, ref.weight, rtol=1e-6, atol=1e-6)

@@ -22,8 +22,9 @@ from vaelab.errors import ConfigError
 # Bumped whenever the meaning of a saved field changes; configs from a newer version are refused,
 # older ones are upgraded on load (`upgrade_raw`). Version 2: `train.lr_schedule` names the
 # schedule (constant, cosine, ...); version 1's piecewise list [[epochs, multiplier], ...] moved
-# to `train.lr_segments`.
-CONFIG_VERSION = 2
+# to `train.lr_segments`. Version 3: `model.conv_layout`, whose absence in an older conv config
+# means the only layout there was then, "resize".
+CONFIG_VERSION = 3
 MAX_SEED = 2**63  # torch, numpy and Python all accept seeds in 0..2**63-1
 # `vaelab eval`'s importance samples (here, not in vaelab.evaluate, so the CLI can show them
 # without importing torch): K = 5000 is the standard for reported likelihoods (Burda et al. 2015).
@@ -40,6 +41,7 @@ LikelihoodName = Literal["gaussian", "bernoulli"]
 PriorName = Literal["normal"]  # models/priors.py PRIORS
 PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
+ConvLayout = Literal["transposed", "resize"]  # models/conv.py DECODER_STAGES
 Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
@@ -128,6 +130,10 @@ class ModelConfig:
     # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
     hidden: list[int] = field(default_factory=list)
     activation: Activation = "relu"
+    # conv: "transposed" = stride-2 convs down, one dense layer each side, stride-2 transposed
+    # convs up (0.29 M parameters at 32,64,128 / latent 16 / 28×28); "resize" = the layout of
+    # config version 1: 256-wide dense layers, nearest-neighbour resize + conv up (1.26 M).
+    conv_layout: ConvLayout = "transposed"
     likelihood: LikelihoodName = "gaussian"  # gaussian = the paper's MSE criterion
     # Fixed std of the gaussian likelihood. 1/sqrt(2) makes -log p(x|z) = sum of squared errors
     # + a constant, i.e. exactly the paper's summed-MSE criterion.
@@ -348,14 +354,20 @@ class RunConfig:
 def upgrade_raw(raw: dict[str, Any]) -> dict[str, Any]:
     """A parsed config of an older version in today's layout (a copy; `raw` is left alone).
 
-    Version 1 -> 2: `train.lr_schedule` held the piecewise list [[epochs, multiplier], ...]; it
-    becomes `train.lr_segments` with `lr_schedule = "piecewise"` ("constant" when empty). A list
-    under `lr_schedule` is recognised whatever the file says its version is (TOML files written
-    by hand often carry none).
+    - `train.lr_schedule` held the piecewise list [[epochs, multiplier], ...] up to version 1; it
+      becomes `train.lr_segments` with `lr_schedule = "piecewise"` ("constant" when empty). A
+      list under `lr_schedule` is recognised whatever the file says its version is (TOML files
+      written by hand often carry none).
+    - Before version 3 a conv model had one layout, "resize" (the default now, "transposed", is
+      a different network): a conv config of version 1 or 2 without `conv_layout` gets "resize",
+      so old run folders load, resume and evaluate the network they trained.
+    A file without a version is taken to be current. The result says the current version (a
+    resumed run rewrites its config.json in today's format).
     """
     upgraded = dict(raw)
     version = raw.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version < CONFIG_VERSION:
+    old = isinstance(version, int) and not isinstance(version, bool) and version < CONFIG_VERSION
+    if old:
         upgraded["version"] = CONFIG_VERSION  # written back in today's layout
     train = raw.get("train")
     if isinstance(train, dict) and isinstance(train.get("lr_schedule"), list):
@@ -364,6 +376,9 @@ def upgrade_raw(raw: dict[str, Any]) -> dict[str, Any]:
         upgraded["train"]["lr_schedule"] = "piecewise" if segments else "constant"
         if not upgraded["train"].get("lr_segments"):
             upgraded["train"]["lr_segments"] = segments
+    model = raw.get("model")
+    if old and version < 3 and isinstance(model, dict) and model.get("arch") == "conv" and "conv_layout" not in model:
+        upgraded["model"] = {**model, "conv_layout": "resize"}
     return upgraded
 
 
@@ -442,7 +457,8 @@ def approx_parameters(model: ModelConfig) -> float:
     mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
     ways, plus dense layers between the last feature map (each stage halving every spatial size,
-    rounding up) and the latent code via a dense width counted as 512.
+    rounding up) and the latent code via a dense width counted as 512 (directly, for the conv
+    layout "transposed").
     """
     if model.image_shape is None:
         return 0.0
@@ -462,7 +478,11 @@ def approx_parameters(model: ModelConfig) -> float:
     feature = list(spatial)
     for _ in hidden:
         feature = [math.ceil(f / 2) for f in feature]
-    dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (2 * latent + extra)
+    flat = hidden[-1] * math.prod(feature)
+    if model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
+        dense = (flat + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * flat
+    else:
+        dense = (flat + extra + 1) * 512 + 513 * (2 * latent + extra)
     return 2.0 * (convs + dense)
 
 

@@ -7,6 +7,12 @@
   bits_per_dim and active_units; `evaluate_model` adds the classifier-based FID and
   reconstruction accuracy (see `classifier.py`, `fid.py`).
 
+Speed (benchmarks/eval_speed.py): the encoder runs once per image and its posterior serves all
+K draws; each chunk decodes k draws of every image of the batch in one call (k·B latents); the
+decoder runs under `torch.inference_mode`, in `decoder_precision` (bfloat16 only where the
+hardware has it and it keeps L_K within 0.05 nats of float32, tests/test_eval.py), and a loaded
+conv model has channels-last weights on a CPU (`vaelab.models.use_fast_memory_format`).
+
 All functions fix their own random seed inside `torch.random.fork_rng`, so evaluating never
 disturbs the training RNG (a resumed run stays bit-identical) and repeated evaluations of the
 same model agree. Dynamically binarised runs are scored on test images binarised the same way
@@ -18,7 +24,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Optional
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 
@@ -39,6 +46,12 @@ ELBO_SAMPLES = 10  # posterior draws per image for the reconstruction term of th
 # more than the larger matmuls gain (L_5000 of 100 MNIST images, 2 cores: 3.2 s vs 1.8 s). On a
 # GPU, large chunks keep it busy.
 CHUNK_SAMPLES = {"cpu": 2048, "cuda": 65536}
+# A decoder may say how many latents it decodes best at once (`chunk_samples` = {device type: k·B}):
+# a conv decoder's activations per latent are ~40x an MLP's, and on a CPU 512 latents a chunk
+# measured 1.2-1.6x faster per latent than 2048 or 8000 (their activations outgrow the caches).
+# `decoder_precision`: "auto" = bfloat16 where the hardware computes it natively (vaelab.hardware),
+# else float32; "fp32" / "bf16" force one. The likelihood is always evaluated in float32.
+DecoderPrecision = Literal["auto", "fp32", "bf16"]
 DENSITY_NOTE = ("gaussian likelihood: a density on [0, 1] pixel values, not comparable with "
                 "discrete-data (binarised MNIST) likelihoods")
 
@@ -84,17 +97,60 @@ def log_mean_exp_chunks(log_weight_chunks: Iterator[torch.Tensor], total: int) -
     return running - math.log(total)
 
 
+def chunk_samples(model: VAE, device: torch.device) -> int:
+    """Latents to decode per chunk (k·B) for this model on this device (see CHUNK_SAMPLES)."""
+    table = getattr(getattr(model, "decoder", None), "chunk_samples", None) or CHUNK_SAMPLES
+    return table.get(device.type, CHUNK_SAMPLES.get(device.type, CHUNK_SAMPLES["cpu"]))
+
+
+def resolve_precision(precision: DecoderPrecision, device: torch.device) -> str:
+    """"auto" -> "bf16" where bfloat16 runs in hardware on `device`, else "fp32"."""
+    if precision == "auto":
+        from vaelab.hardware import native_bf16
+
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+@contextmanager
+def decoder_precision(model: VAE, precision: str) -> Iterator[None]:
+    """Run `model.decoder` in `precision` ("bf16": autocast, output cast back to float32, so the
+    likelihood and the log-sum-exp stay float32); "fp32" or a model without `.decoder`: no change."""
+    decoder = getattr(model, "decoder", None)
+    if precision != "bf16" or decoder is None:
+        yield
+        return
+    own = decoder.__dict__.get("forward")  # an instance-level forward someone set, to put back
+    forward = decoder.forward
+    device_type = model.device.type
+
+    def bf16_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs).float()
+
+    decoder.forward = bf16_forward  # an instance attribute: the class's forward is untouched
+    try:
+        yield
+    finally:
+        if own is None:
+            del decoder.forward
+        else:
+            decoder.forward = own
+
+
 def iwae_bound(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
                generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """L_K per image (Burda et al. 2015): x (B, C, H, W) -> (B,), K = `num_samples`, in nats.
 
-    Draws K samples in chunks of `chunk_size` (default CHUNK_SAMPLES[device] // B) so memory does not grow
-    with K. L_1 is an unbiased estimate of the ELBO; E[L_K] increases with K towards log p(x).
+    Draws K samples in chunks of `chunk_size` (default `chunk_samples(model, device)` // B) so memory
+    does not grow with K; each chunk decodes its k draws of all B images in one call. The encoder
+    is not run again: `posterior` (computed here if not given) serves every chunk. L_1 is an
+    unbiased estimate of the ELBO; E[L_K] increases with K towards log p(x).
     """
     if posterior is None:
         posterior = model.encode(x, y)
     batch = x.shape[0]
-    chunk = chunk_size or max(1, CHUNK_SAMPLES.get(x.device.type, CHUNK_SAMPLES["cpu"]) // batch)
+    chunk = chunk_size or max(1, chunk_samples(model, x.device) // batch)
 
     def chunks() -> Iterator[torch.Tensor]:
         for start in range(0, num_samples, chunk):
@@ -115,12 +171,24 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
 
 @torch.inference_mode()
 def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100,
-                   dynamic_binarize: bool = False, seed: int = EVAL_SEED, progress: bool = False) -> dict[str, Any]:
+                   dynamic_binarize: bool = False, seed: int = EVAL_SEED, progress: bool = False,
+                   precision: DecoderPrecision = "auto") -> dict[str, Any]:
     """One pass over `split`: neg_elbo (recon + kl), nll = -L_K, bits_per_dim, active_units.
 
     Every statistic of an image is computed from the same (binarised) copy of it. Returns
-    per-image means in nats; `nll_std_error` is the standard error of the mean over images.
+    per-image means in nats; `nll_std_error` is the standard error of the mean over images;
+    `decoder_precision` the precision the decoder ran in (see `decoder_precision`).
     """
+    device = model.device
+    precision = resolve_precision(precision, device)
+    with decoder_precision(model, precision):
+        result = _evaluate_split(model, split, iw_samples, batch_size, dynamic_binarize, seed, progress)
+    result["decoder_precision"] = precision
+    return result
+
+
+def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, dynamic_binarize: bool, seed: int,
+                    progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     device = model.device
@@ -200,7 +268,8 @@ def generated_samples(model: VAE, n: int, labels: Optional[torch.Tensor], *, bat
 
 def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_samples: int = DEFAULT_IW_SAMPLES,
                    batch_size: int = 100, fid: bool = True, grey_data: Optional[ImageData] = None,
-                   dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
+                   dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED,
+                   precision: DecoderPrecision = "auto") -> dict[str, Any]:
     """Every number of `vaelab eval` for `model` on `data.<split_name>` as a flat JSON-able dict.
 
     `data` is what the model was trained on (static binarisation applied); `grey_data` the same
@@ -215,7 +284,7 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
     result: dict[str, Any] = {"split": split_name, "dataset": cfg.data.dataset, "binarize": cfg.data.binarize,
                               "likelihood": cfg.model.likelihood}
     result.update(evaluate_split(model, split, iw_samples=iw_samples, batch_size=batch_size,
-                                 dynamic_binarize=dynamic, seed=seed, progress=progress))
+                                 dynamic_binarize=dynamic, seed=seed, progress=progress, precision=precision))
     result["note"] = None if model.likelihood.discrete else DENSITY_NOTE
     result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None)
     grey = grey_data if grey_data is not None else data

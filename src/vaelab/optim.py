@@ -85,6 +85,11 @@ def _fused_kernel_for(params: list[torch.Tensor]) -> bool:
             and len({p.device for p in params}) == 1)
 
 
+def _like(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`t`'s values in `p`'s memory layout (`t` itself when they already agree)."""
+    return t if t.stride() == p.stride() else torch.empty_like(p).copy_(t)
+
+
 class Adam:
     """Adam with one parameter group; `step()`, `zero_grad()`, `state_dict()`, `load_state_dict()`,
     and `param_groups[0]["lr"]` to change the learning rate, as with torch.optim."""
@@ -123,6 +128,13 @@ class Adam:
         lr, eps = float(group["lr"]), float(group["eps"])
         beta1, beta2 = (float(b) for b in group["betas"])
         if self.fused:
+            if any(t.stride() != p.stride() for p, *ts in zip(params, grads, exp_avgs, exp_avg_sqs) for t in ts):
+                # A layout changed after the state was made (e.g. model.to(memory_format=...)):
+                # the fused kernel pairs elements by position, so give everything the parameter's.
+                grads, exp_avgs, exp_avg_sqs = ([_like(p, t) for p, t in zip(params, ts)]
+                                                for ts in (grads, exp_avgs, exp_avg_sqs))
+                for s, m, v in zip(slots, exp_avgs, exp_avg_sqs):
+                    s["exp_avg"], s["exp_avg_sq"] = m, v
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
                                weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
@@ -172,9 +184,12 @@ class Adam:
                 raise ValueError(f"optimizer state {index} has shape {tuple(slots['exp_avg'].shape)}, "
                                  f"the parameter {tuple(p.shape)}")
             step_device = p.device if self.fused else torch.device("cpu")
+            # The moments take the parameter's memory layout (a channels-last conv weight gets
+            # channels-last moments): the fused kernel walks parameter, gradient and moments as
+            # flat arrays, so a layout mismatch would pair the wrong elements.
             state[p] = {"step": torch.as_tensor(slots["step"]).to(step_device, torch.float32).clone(),
-                        "exp_avg": slots["exp_avg"].to(p.device, p.dtype).clone(),
-                        "exp_avg_sq": slots["exp_avg_sq"].to(p.device, p.dtype).clone()}
+                        "exp_avg": torch.empty_like(p).copy_(slots["exp_avg"].to(p.device, p.dtype)),
+                        "exp_avg_sq": torch.empty_like(p).copy_(slots["exp_avg_sq"].to(p.device, p.dtype))}
         group = self.param_groups[0]
         group["lr"], group["eps"] = float(saved["lr"]), float(saved["eps"])
         group["betas"] = tuple(float(b) for b in saved["betas"])

@@ -109,7 +109,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     """Load a trained model from a run folder: `config.json` + `model.safetensors` -> VAE in eval mode."""
-    from vaelab.models import build_model
+    from vaelab.models import build_model, use_fast_memory_format
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -121,4 +121,4 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     model = build_model(cfg.model)
     load_weights(model, weights)
     model.run_config = cfg  # type: ignore[attr-defined]
-    return model.to(device).eval()
+    return use_fast_memory_format(model.to(device), device).eval()

@@ -69,7 +69,7 @@ from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
 from vaelab.mlflow_tracking import resolve_uri
-from vaelab.models import build_model
+from vaelab.models import build_model, use_fast_memory_format
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
 from vaelab.optim import make_optimizer, weight_decay_of
@@ -258,6 +258,8 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
     model = build_model(cfg.model).to(device)
+    if ctx.world_size == 1:  # conv weights channels-last on a CPU (DDP's gradient buckets keep the default)
+        use_fast_memory_format(model, device)
     optimizer = make_optimizer(model, tc)
     data_gen = torch.Generator().manual_seed(tc.seed)  # data order + dynamic binarisation
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
@@ -513,6 +515,10 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     """
     import warnings
 
+    # A persistent compile cache (Inductor's FX-graph and AOTAutograd caches live under this
+    # folder): a second run of the same set-up skips code generation (benchmarks/train_speed.py
+    # --arch conv --levers measures both). /tmp, Inductor's default, is emptied on reboot.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "vaelab" / "torch-compile"))
     b = min(tc.batch_size, len(split))  # the first global batch, unshuffled; our rows of it
     x, y = next(iterate_batches(split, b, shuffle=False, device=split.images.device, shard=(ctx.rank, ctx.world_size)))
     y = y if use_labels else None

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fid", action="store_true", help="skip the classifier: no FID or reconstruction accuracy")
     p.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="decoder precision for the bounds: auto (default) = bf16 where the hardware computes it "
+                        "natively (within 0.05 nats of fp32, tested), else fp32; the result records which ran")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run_eval)
@@ -94,7 +97,8 @@ def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, i
               f"with K = {iw_samples} importance samples ...", flush=True)
     started = time.perf_counter()
     result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
-                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress)
+                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress,
+                            precision=args.precision)
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["run"] = str(run_dir)
     print(json.dumps(result, indent=2) if args.json else format_result(result))

@@ -109,6 +109,10 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
          "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
     Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
+    Flag("--conv-layout", "model.conv_layout", str,
+         "conv: transposed (default: strided convs down, transposed convs up, 0.29 M parameters at 28×28) or "
+         "resize (the layout of runs with config version 1: 256-wide dense layers, resize + conv up, 1.26 M)",
+         ("transposed", "resize")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
@@ -247,8 +251,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot parse {p} as {kind}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a table/object of settings")
-    flat = _flatten(upgrade_raw(raw))  # a version-1 file's piecewise lr_schedule list -> lr_segments
-    version = raw.get("version", CONFIG_VERSION)
+    flat = _flatten(upgrade_raw(raw))  # an older file in today's layout (see config.upgrade_raw)
+    version = flat.get("version", CONFIG_VERSION)
     if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
         raise ConfigError(f"{p} has config version {version}, newer than this vaelab understands "
                           f"({CONFIG_VERSION}); upgrade vaelab to use it")

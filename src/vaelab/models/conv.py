@@ -1,12 +1,25 @@
-"""Convolutional encoder and decoder for any image size and channel count.
+"""Convolutional encoder and decoder for any image size and channel count, in two layouts.
 
-Encoder: `len(hidden)` stride-2 3×3 convolutions (each halves H and W, rounding up), flatten,
-[+ one-hot label], a dense layer, then (B, encoder_out). The decoder mirrors it, upsampling to the
-*exact* sizes the encoder saw (nearest-neighbour resize + 3×3 conv), so odd sizes such as
-28 -> 14 -> 7 -> 4 come back as 4 -> 7 -> 14 -> 28 with no cropping.
+Both layouts encode with `len(hidden)` stride-2 3×3 convolutions (each halves H and W, rounding
+up: 28 -> 14 -> 7 -> 4) and decode back to the *exact* sizes the encoder saw, so odd sizes come
+back as 4 -> 7 -> 14 -> 28 with no cropping. `ModelConfig.conv_layout` picks the rest:
+
+- `transposed` (the default): flatten [+ one-hot label] -> one dense layer -> (B, encoder_out);
+  the decoder maps z with one dense layer onto the last feature map and upsamples with stride-2
+  3×3 transposed convolutions (output_padding 0 or 1 restores each exact size), the last one
+  straight to the likelihood's raw channels. The size of MONAI's `VarAutoEncoder` (channels
+  32-64-128, latent 16, 28×28: 0.29 M parameters, ~4.9 M multiply-adds per image forward), without
+  its instance norm: measured in benchmarks/conv_layouts.py, it trains as well without it, faster.
+- `resize` (the only layout before config version 3; old run folders resolve to it): a 256-wide
+  dense layer on each side, and a decoder that upsamples by nearest-neighbour resize + 3×3
+  convolution, then a last 3×3 convolution at full resolution (1.26 M parameters, ~18 M
+  multiply-adds per image forward on 28×28 at latent 16: the full-resolution 32->32 convolution
+  alone is 7.2 M).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,7 +27,7 @@ from torch import nn
 from vaelab.models.blocks import ACTIVATIONS
 from vaelab.models.spec import NetSpec
 
-DENSE = 256  # width of the dense layer between the conv stack and the latent
+DENSE = 256  # width of the dense layer between the conv stack and the latent (`resize` layout)
 
 
 def spatial_sizes(height: int, width: int, n_layers: int) -> list[tuple[int, int]]:
@@ -24,6 +37,11 @@ def spatial_sizes(height: int, width: int, n_layers: int) -> list[tuple[int, int
         h, w = sizes[-1]
         sizes.append(((h + 1) // 2, (w + 1) // 2))
     return sizes
+
+
+def _dense_width(spec: NetSpec) -> int:
+    """Width of the hidden dense layer on each side of the latent (0: none)."""
+    return DENSE if spec.config.conv_layout == "resize" else 0
 
 
 class ConvEncoder(nn.Module):
@@ -39,8 +57,11 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
         self.convs = nn.Sequential(*layers)
         fh, fw = spatial_sizes(h, w, len(hidden))[-1]
-        self.dense = nn.Sequential(nn.Linear(hidden[-1] * fh * fw + cond_dim, DENSE), act())
-        self.head = nn.Linear(DENSE, spec.encoder_out)
+        flat = hidden[-1] * fh * fw + cond_dim
+        width = _dense_width(spec)
+        # `resize`: flat -> 256 -> encoder_out; `transposed`: flat -> encoder_out.
+        self.dense = nn.Sequential(nn.Linear(flat, width), act()) if width else nn.Identity()
+        self.head = nn.Linear(width or flat, spec.encoder_out)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         h = self.convs(x).flatten(1)  # (B, C_last*h*w)
@@ -49,8 +70,51 @@ class ConvEncoder(nn.Module):
         return self.head(self.dense(h))  # (B, encoder_out)
 
 
+def _resize_stages(channels: list[int], sizes: list[tuple[int, int]], out_channels: int,
+                   act: type[nn.Module]) -> list[nn.Module]:
+    """`resize`: per stage nearest-neighbour resize to the size it restores + 3×3 conv + act,
+    then a 3×3 conv at full resolution to the raw output (no activation)."""
+    layers: list[nn.Module] = []
+    for i, c_in in enumerate(channels):
+        c_out = channels[i + 1] if i + 1 < len(channels) else channels[-1]
+        layers += [nn.Upsample(size=sizes[i + 1], mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), act()]
+    layers.append(nn.Conv2d(channels[-1], out_channels, 3, padding=1))
+    return layers
+
+
+def _transposed_stages(channels: list[int], sizes: list[tuple[int, int]], out_channels: int,
+                       act: type[nn.Module]) -> list[nn.Module]:
+    """`transposed`: per stage a stride-2 3×3 transposed conv (+ act but after the last); a
+    (h, w) map becomes (2h - 1 + p_h, 2w - 1 + p_w), and output_padding p in {0, 1} picks the size
+    the encoder saw."""
+    layers: list[nn.Module] = []
+    outs = [*channels[1:], out_channels]
+    for i, (c_in, c_out) in enumerate(zip(channels, outs)):
+        (h, w), (th, tw) = sizes[i], sizes[i + 1]
+        layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1,
+                                         output_padding=(th - 2 * h + 1, tw - 2 * w + 1)))
+        if i + 1 < len(channels):
+            layers.append(act())
+    return layers
+
+
+# conv_layout -> builder of the decoder's upsampling stages: (channels from the last feature map
+# down, e.g. [128, 64, 32]; sizes from the last feature map up, e.g. [(4, 4), (7, 7), (14, 14),
+# (28, 28)]; raw output channels; activation) -> layers.
+DECODER_STAGES: dict[str, Callable[..., list[nn.Module]]] = {
+    "transposed": _transposed_stages,
+    "resize": _resize_stages,
+}
+
+
 class ConvDecoder(nn.Module):
     """z (..., D) [+ one-hot label] -> raw output (..., P·C, H, W) at the exact input size."""
+
+    # Latents per L_K chunk (vaelab.evaluate.chunk_samples): on a CPU, 512 keeps a chunk's
+    # activations in cache (measured faster per latent than 2048 or 8000 on 2 cores). The chunk
+    # size decides how the draws fall, so the `resize` layout keeps the default of the version
+    # that trained such runs: their evaluations stay exactly what they were.
+    CHUNK_SAMPLES = {"cpu": 512, "cuda": 32768}
 
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
@@ -59,18 +123,15 @@ class ConvDecoder(nn.Module):
         act = ACTIVATIONS[spec.activation]
         sizes = spatial_sizes(h, w, len(hidden))  # [(H, W), ..., (h_last, w_last)]
         self.start_shape = (hidden[-1], *sizes[-1])
-        self.dense = nn.Sequential(
-            nn.Linear(latent_dim + cond_dim, DENSE), act(),
-            nn.Linear(DENSE, hidden[-1] * sizes[-1][0] * sizes[-1][1]), act(),
-        )
-        layers: list[nn.Module] = []
-        channels = list(reversed(hidden))  # e.g. [128, 64, 32]
-        for i, c_in in enumerate(channels):
-            c_out = channels[i + 1] if i + 1 < len(channels) else channels[-1]
-            target = sizes[len(hidden) - 1 - i]  # the size this stage restores
-            layers += [nn.Upsample(size=target, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), act()]
-        layers.append(nn.Conv2d(channels[-1], spec.decoder_channels, 3, padding=1))  # raw output, no activation
-        self.convs = nn.Sequential(*layers)
+        flat = hidden[-1] * sizes[-1][0] * sizes[-1][1]
+        width = _dense_width(spec)
+        if width:  # `resize`: z -> 256 -> the last feature map
+            self.dense = nn.Sequential(nn.Linear(latent_dim + cond_dim, width), act(), nn.Linear(width, flat), act())
+        else:
+            self.dense = nn.Sequential(nn.Linear(latent_dim + cond_dim, flat), act())
+        self.chunk_samples = None if spec.config.conv_layout == "resize" else self.CHUNK_SAMPLES
+        stages = DECODER_STAGES[spec.config.conv_layout]
+        self.convs = nn.Sequential(*stages(list(reversed(hidden)), list(reversed(sizes)), spec.decoder_channels, act))
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if cond is not None:
