@@ -255,6 +255,9 @@ def test_eval_with_an_unwritable_classifier_cache_still_reports_fid(tmp_path, fa
     from vaelab.config import DataConfig
     from vaelab.data import load_data
 
+    import vaelab.classifier as classifier_module
+
+    monkeypatch.setattr(classifier_module, "MIN_STEPS", 2)  # a smaller job; the cache logic is the same
     run = _tiny_run(tmp_path, fake_mnist)
     cache = tmp_path / "cache"
     monkeypatch.setenv("VAELAB_DATA", str(cache))
