@@ -158,8 +158,22 @@ def _tiny_run(tmp_path: Path, fake_mnist: Path) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory) -> Path:
+    """One tiny trained run for the explore tests (its data: a small fake MNIST folder)."""
+    from conftest import write_idx
+
+    base = tmp_path_factory.mktemp("explore")
+    rng = np.random.default_rng(0)
+    (base / "mnist").mkdir()
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        write_idx(base / "mnist" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+        write_idx(base / "mnist" / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+    return _tiny_run(base, base / "mnist")
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "127.1.2.3", "localhost", "::1", "[::1]"])
-def test_explore_cli_app_accepts_its_own_loopback_host(tmp_path, fake_mnist, monkeypatch, capsys, host):
+def test_explore_cli_app_accepts_its_own_loopback_host(shared_run, monkeypatch, capsys, host):
     """The app the `explore` command builds (captured where uvicorn would serve it) answers a
     browser that uses the address the server was started on, and refuses a rebinding page."""
     pytest.importorskip("fastapi")
@@ -179,8 +193,7 @@ def test_explore_cli_app_accepts_its_own_loopback_host(tmp_path, fake_mnist, mon
             explore_cmd.bind_socket(host, 0).close()
         except ConfigError:
             pytest.skip("no IPv6 loopback here")
-    run = _tiny_run(tmp_path, fake_mnist)
-    assert main(["explore", str(run), "--host", host, "--port", "0"]) == 0
+    assert main(["explore", str(shared_run), "--host", host, "--port", "0"]) == 0
     url_host = f"[{host.strip('[]')}]" if ":" in host else host
     assert f"vaelab explorer: http://{url_host}:{served['port']}/" in capsys.readouterr().out
     ok = TestClient(served["app"], base_url=f"http://{url_host}:{served['port']}")
@@ -189,13 +202,12 @@ def test_explore_cli_app_accepts_its_own_loopback_host(tmp_path, fake_mnist, mon
     assert rebinding.get("/api/meta").status_code == 400
 
 
-def test_explore_on_127_0_0_5_serves_a_real_browser_request(tmp_path, fake_mnist):
+def test_explore_on_127_0_0_5_serves_a_real_browser_request(shared_run):
     """End to end: `vaelab explore --host 127.0.0.5` in its own process, asked over HTTP the way a
     browser asks (Host: 127.0.0.5:PORT)."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    run = _tiny_run(tmp_path, fake_mnist)
-    with ExploreServer(run, "--host", "127.0.0.5") as server:
+    with ExploreServer(shared_run, "--host", "127.0.0.5") as server:
         assert server.url.startswith("http://127.0.0.5:")
         status, body = http_get(server.url + "api/meta")
         assert status == 200 and json.loads(body)["latent_dim"] == 2
@@ -250,12 +262,11 @@ def http_get(url: str, host: str | None = None) -> tuple[int, bytes]:
 
 def test_eval_with_an_unwritable_classifier_cache_still_reports_fid(tmp_path, fake_mnist, monkeypatch, capsys):
     import vaelab.checkpoint as checkpoint_module
+    import vaelab.classifier as classifier_module
     from vaelab.checkpoint import FAULT_ENV
     from vaelab.classifier import cache_key
     from vaelab.config import DataConfig
     from vaelab.data import load_data
-
-    import vaelab.classifier as classifier_module
 
     monkeypatch.setattr(classifier_module, "MIN_STEPS", 2)  # a smaller job; the cache logic is the same
     run = _tiny_run(tmp_path, fake_mnist)
