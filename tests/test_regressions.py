@@ -14,14 +14,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -30,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from explorer_server import ExploreServer, http_get
 from vaelab.cli import main
 from vaelab.config import RunConfig
 from vaelab.errors import ConfigError, DataError
@@ -213,49 +208,6 @@ def test_explore_on_127_0_0_5_serves_a_real_browser_request(shared_run):
         assert status == 200 and json.loads(body)["latent_dim"] == 2
         status, _ = http_get(server.url + "api/meta", host="evil.example")
         assert status == 400
-
-
-class ExploreServer:
-    """`python -m vaelab explore RUN --port 0 ...` as a subprocess; `url` once it is serving."""
-
-    def __init__(self, run: Path, *flags: str, timeout: float = 60.0) -> None:
-        self.args = [sys.executable, "-m", "vaelab", "explore", str(run), "--port", "0", *flags]
-        self.timeout = timeout
-        self.url = ""
-
-    def __enter__(self) -> ExploreServer:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"vaelab explorer: (http://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                return self
-        self.proc.kill()
-        raise AssertionError(f"the explorer did not start: {self.proc.stderr.read()[-2000:]}")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-
-
-def http_get(url: str, host: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 # ---- 4. an unwritable classifier cache: eval falls back to the freshly trained classifier ---------------
