@@ -51,6 +51,13 @@ DEMO_GAUSSIAN_STD = 0.15
 
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
+    from vaelab.distributed import peer_failures_in_one_line
+
+    with peer_failures_in_one_line():  # under torchrun: a rank that stops because another failed says so in one line
+        return _train_or_resume(args)
+
+
+def _train_or_resume(args: argparse.Namespace) -> int:
     from vaelab.runtime import enable_flush_denormals
     from vaelab.tracking import require_tensorboard
     from vaelab.training import resume, train
