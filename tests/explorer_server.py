@@ -28,28 +28,44 @@ class ExploreServer:
         self.timeout = timeout
         self.url = ""
 
-    def __enter__(self) -> ExploreServer:
+    def start(self) -> ExploreServer:
+        """Start the process (returns at once; `wait` for it to serve)."""
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        lines: queue.Queue = queue.Queue()
+        self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
-        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout] + [lines.put("")],
+        threading.Thread(target=lambda: [self._lines.put(line) for line in self.proc.stdout] + [self._lines.put("")],
                          daemon=True).start()
         threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True).start()
+        return self
+
+    def wait(self) -> ExploreServer:
+        """Block until the server prints its URL; `url` is set then."""
         try:
-            while True:
-                line = lines.get(timeout=self.timeout)
+            while not self.url:
+                line = self._lines.get(timeout=self.timeout)
                 if not line:
                     break
                 match = re.search(r"vaelab explorer: (http://\S+)", line)
                 if match:
                     self.url = match.group(1)
-                    return self
         except queue.Empty:
             pass
-        self.proc.kill()
-        self.proc.wait()
+        if self.url:
+            return self
+        self.stop()
         raise AssertionError(f"the explorer did not start: {''.join(self._stderr)[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ExploreServer:
+        return self.start().wait()
 
     @property
     def stderr(self) -> str:
@@ -60,12 +76,7 @@ class ExploreServer:
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.stop()
 
 
 def http_get(url: str, host: str | None = None) -> tuple[int, bytes]:

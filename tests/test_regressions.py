@@ -103,6 +103,35 @@ def test_train_on_a_folder_with_the_damaged_tiff_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def deflate_tiff_with_a_bad_checksum() -> bytes:
+    """An RGB TIFF (deflate-compressed, so PIL decodes it with libtiff) whose zlib stream's
+    checksum is wrong: libtiff fails with "ZIPDecode: Decoding error ... incorrect data check"."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+        buffer, format="TIFF", compression="tiff_adobe_deflate")
+    data = bytearray(buffer.getvalue())
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        offset, count = img.tag_v2[STRIP_OFFSETS][0], img.tag_v2[279][0]  # StripOffsets, StripByteCounts
+    data[offset + count - 1] ^= 0xFF  # the last byte of the Adler-32 checksum
+    return bytes(data)
+
+
+def test_libtiff_prints_nothing_beside_the_one_line(tmp_path, capfd):
+    """libtiff writes its own diagnostics to stderr (file descriptor 2, past Python): the CLI
+    must still print exactly one line for a damaged compressed TIFF."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"ok{i}.tif")
+    (folder / "bad.tif").write_bytes(deflate_tiff_with_a_bad_checksum())
+    capfd.readouterr()
+    code = main(["train", "--dataset", "folder", "--data-dir", str(folder), "--out", str(tmp_path / "out"),
+                 "--epochs", "1", "--quiet"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("vaelab: error: ") and "bad.tif" in err[0], err
+
+
 def tiny_explorer_app(**kwargs):
     from vaelab.config import ModelConfig
     from vaelab.data.base import Split

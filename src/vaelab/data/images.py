@@ -9,11 +9,18 @@ Files are untrusted input: PIL's decoders can raise almost anything on a damaged
 whose strip offsets are typed FLOAT raises TypeError inside `Image.load()`), so every call into
 PIL runs inside `_decoder(where)`, which turns any exception into one `DataError` naming the
 file. vaelab's own arithmetic between those calls stays outside it, so a bug there is not
-disguised as a bad file.
+disguised as a bad file. libtiff (PIL's decoder for compressed TIFFs) also prints its own
+diagnostics straight to stderr ("ZIPDecode: Decoding error at scanline 0, ..."), a second line
+beside vaelab's; its global handlers are switched off (`_quiet_libtiff`), since the failure
+reaches the user as the DataError anyway.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import glob
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +35,38 @@ from vaelab.errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_PIXELS = 64_000_000  # refuse decompression bombs long before they exhaust memory
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+@functools.cache
+def _quiet_libtiff() -> bool:
+    """Set libtiff's global error and warning handlers to none (they print to stderr); True if done.
+
+    PIL has no switch for this, so the copy of libtiff that PIL's C module loaded is found (on
+    Linux in /proc/self/maps, else next to PIL's own libraries) and its handlers are reset through
+    ctypes. Anything unexpected leaves libtiff as it was: only its extra stderr lines remain.
+    """
+    try:
+        import PIL
+        import PIL._imaging  # noqa: F401 - loads libtiff (a dependency of PIL's C module)
+
+        candidates = []
+        if os.path.exists("/proc/self/maps"):
+            with open("/proc/self/maps") as maps:
+                candidates = [line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1]]
+        here = Path(PIL.__file__).parent
+        for bundled in (here.parent / "pillow.libs", here / ".dylibs"):  # the libraries of PIL's wheels
+            candidates += glob.glob(str(bundled / "libtiff*"))
+        for path in dict.fromkeys(candidates):
+            library = ctypes.CDLL(path)
+            for name in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                setter = getattr(library, name)
+                setter.restype = ctypes.c_void_p
+                setter.argtypes = [ctypes.c_void_p]
+                setter(None)
+            return True
+    except (OSError, AttributeError, ImportError, IndexError):
+        pass
+    return False
 
 
 @contextmanager
@@ -64,6 +103,7 @@ def decode_image(
     source, size: int, channels: int, where: str, window: Optional[tuple[float, float]] = None
 ) -> np.ndarray:
     """Decode a path or file-like object -> uint8 array (channels, size, size)."""
+    _quiet_libtiff()
     with _decoder(where):
         img = Image.open(source)
     with img:
