@@ -14,6 +14,7 @@ torch.compile on a CPU builds C++ with the system compiler: about 20-60 s here, 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -26,6 +27,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler")
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_run_equals_the_eager_run_and_leaves_the_rng_alone(tmp_path, fake_mnist, device):
     import torch._dynamo.utils
