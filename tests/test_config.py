@@ -58,8 +58,8 @@ def test_defaults_round_trip_through_json():
     ({"data": {"split_seed": -5}}, "split_seed must be in 0..2**63-1"),
     ({"data": {"val_fraction": 0.0}}, "val_fraction must be in (0, 1)"),
     ({"data": {"channels": 2}}, "channels must be 1 or 3"),
-    ({"model": {"image_shape": [2, 28, 28]}}, "image_shape must be [C, H, W] with C in (1, 3)"),
-    ({"model": {"image_shape": [1, 28, 100000]}}, "H, W in 1..4096"),
+    ({"model": {"image_shape": [2, 28, 28]}}, "image_shape must be [C, H, W] or [C, D, H, W] with C in (1, 3)"),
+    ({"model": {"image_shape": [1, 28, 100000]}}, "sizes in 1..4096"),
     ({"model": {"num_classes": 10**7}}, "num_classes must be in 0..100000"),
     ({"model": {"image_shape": [3, 4096, 4096], "hidden": [4096]}}, "parameters"),
 ])

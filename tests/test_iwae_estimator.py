@@ -19,6 +19,7 @@ from vaelab.evaluate import iwae_bound, log_mean_exp_chunks
 from vaelab.likelihoods import Gaussian
 from vaelab.models import VAE
 from vaelab.models.posterior import DiagonalGaussian
+from vaelab.models.priors import StandardNormal
 from vaelab.objectives import elbo_loss, iwae_loss, log_importance_weights
 
 
@@ -37,6 +38,7 @@ class LinearGaussianVAE:
         self.image_shape = (1, 1, pixels)
         self.latent_dim = latent
         self.likelihood = Gaussian(gaussian_std=sigma)
+        self.prior = StandardNormal(latent)
         m = weight.T @ weight + sigma**2 * torch.eye(latent, dtype=weight.dtype)  # (D, D)
         self.posterior_map = torch.linalg.solve(m, weight.T)  # (D, P): M⁻¹Wᵀ
         covariance = sigma**2 * torch.linalg.inv(m)  # exact posterior covariance (D, D)
@@ -49,6 +51,13 @@ class LinearGaussianVAE:
 
     def decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
         return (z @ self.weight.T + self.bias).unflatten(-1, self.image_shape)  # (..., 1, 1, P)
+
+    # The combination of prior, posterior and likelihood is vaelab's own (what `vaelab eval` runs).
+    log_terms = VAE.log_terms
+    log_weights = VAE.log_weights
+    elbo_terms = VAE.elbo_terms
+    kl_is_closed_form = VAE.kl_is_closed_form
+    closed_form_kl = VAE.closed_form_kl
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         cov = self.weight @ self.weight.T + self.sigma**2 * torch.eye(self.weight.shape[0], dtype=x.dtype)

@@ -151,3 +151,21 @@ def test_flush_denormals_is_scoped_to_training():
     with flush_denormals():
         assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() != 0.0
+
+
+def test_extra_terms_of_an_objective_are_logged_per_epoch(tmp_path, fake_mnist, monkeypatch):
+    """An objective's LossParts.extras reach metrics.jsonl as train_<name>: the image-weighted
+    mean over the epoch, here of a copy of the KL term, so it must equal train_kl."""
+    from vaelab import objectives
+
+    def elbo_with_extra(model, x, y, beta, num_samples=1):
+        parts = elbo_loss(model, x, y, beta, num_samples)
+        return parts._replace(extras={"kl_copy": parts.kl, "twice_recon": 2 * parts.recon})
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", elbo_with_extra)
+    run = train(_cfg(fake_mnist, epochs=2, step="autograd", batch_size=50), tmp_path / "run", progress=False)
+    rows = _metrics(run)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["train_kl_copy"] == pytest.approx(row["train_kl"], rel=1e-12)
+        assert row["train_twice_recon"] == pytest.approx(2 * row["train_recon"], rel=1e-12)

@@ -34,6 +34,8 @@ DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz"]
 Binarize = Literal["none", "dynamic", "static"]
 ArchName = Literal["mlp", "conv"]
 LikelihoodName = Literal["gaussian", "bernoulli"]
+PriorName = Literal["normal"]  # models/priors.py PRIORS
+PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
 Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,6 +50,8 @@ def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
     FUSED_ACTIVATIONS, float32, no --compile, one process (DDP averages gradients through
     autograd's hooks). The one test both the config check and the training loop use."""
     return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
+            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal"
+            and cfg.model.likelihood in ("bernoulli", "gaussian")
             and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
 
 
@@ -98,7 +102,7 @@ class ModelConfig:
     """The network: architecture, latent size, likelihood p(x|z), optional label conditioning."""
 
     arch: ArchName = "mlp"
-    latent_dim: int = 2  # the paper's Fig. 2 plots a 2-D latent space
+    latent_dim: int = 2  # size of the latent code z; the paper's Fig. 2 plots a 2-D latent space
     # mlp: hidden layer widths; conv: channels of the stride-2 convs. Empty = the architecture's
     # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
     hidden: list[int] = field(default_factory=list)
@@ -108,9 +112,11 @@ class ModelConfig:
     # + a constant, i.e. exactly the paper's summed-MSE criterion.
     gaussian_std: float = 1 / math.sqrt(2)
     conditional: bool = False  # condition encoder and decoder on the label (CVAE)
+    prior: PriorName = "normal"  # p(z): normal = N(0, I)
+    posterior: PosteriorName = "diagonal"  # q(z|x): diagonal = a diagonal Gaussian
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
-    image_shape: Optional[list[int]] = None  # [C, H, W]
-    num_classes: int = 0
+    image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
+    num_classes: int = 0  # the labelled dataset's number of classes (0: unlabelled)
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -126,10 +132,10 @@ class ModelConfig:
         if not 0.0 < self.gaussian_std <= 100.0:
             problems.append(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
         if self.image_shape is not None:
-            if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1 \
+            if len(self.image_shape) not in (3, 4) or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1 \
                     or max(self.image_shape[1:]) > 4096:
-                problems.append(f"image_shape must be [C, H, W] with C in (1, 3) and H, W in 1..4096, "
-                                f"got {self.image_shape}")
+                problems.append(f"image_shape must be [C, H, W] or [C, D, H, W] with C in (1, 3) and sizes in "
+                                f"1..4096, got {self.image_shape}")
             elif not problems and approx_parameters(self) > MAX_PARAMETERS:  # needs valid sizes
                 problems.append(f"this model would have about {approx_parameters(self):.3g} parameters "
                                 f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
@@ -209,8 +215,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    version: int = CONFIG_VERSION
-    vaelab_version: str = ""
+    version: int = CONFIG_VERSION  # the config format (CONFIG_VERSION); a newer one is refused
+    vaelab_version: str = ""  # the vaelab release that wrote the run
 
     def validate(self) -> RunConfig:
         """Check every field of every section; raise one ConfigError listing every bad one."""
@@ -340,26 +346,39 @@ def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
+def likelihood_param_channels(model: ModelConfig) -> int:
+    """Raw decoder channels per image channel that `model.likelihood` needs (an upper bound for
+    likelihoods not listed here; the classes in likelihoods.py hold the exact number)."""
+    return {"bernoulli": 1, "gaussian": 1}.get(model.likelihood, 16)
+
+
 def approx_parameters(model: ModelConfig) -> float:
-    """An upper-bound estimate of the model's parameter count, from the config alone (no allocation)."""
+    """An upper-bound estimate of the model's parameter count, from the config alone (no allocation).
+
+    mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
+    4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
+    ways, plus dense layers between the last feature map (each stage halving every spatial size,
+    rounding up) and the latent code via a dense width counted as 512.
+    """
     if model.image_shape is None:
         return 0.0
-    c, h, w = (float(v) for v in model.image_shape)
+    c, *spatial = (float(v) for v in model.image_shape)
     hidden = [float(v) for v in model.hidden] or ([512.0, 256.0] if model.arch == "mlp" else [32.0, 64.0, 128.0])
     extra = float(model.num_classes if model.conditional else 0)
     latent = float(model.latent_dim)
+    out = c * likelihood_param_channels(model)  # raw decoder channels
+    pixels = math.prod(spatial)
     if model.arch == "mlp":
-        widths = [c * h * w + extra, *hidden, 2 * latent + extra]
-        return 2.0 * sum((a + 1) * (b + 1) for a, b in zip(widths, widths[1:]))
-    # conv: 3x3 (counted as 4x4) kernels between channel pairs, both ways, plus the dense layers
-    # between the last feature map (each stride-2 conv halves H and W, rounding up) and the latent
-    # code, via a dense width counted as 512 (models/conv.py uses 256).
-    channels = [c, *hidden]
-    convs = sum(16 * (a + 1) * b for a, b in zip(channels, channels[1:]))
-    fh, fw = h, w
+        encoder = [c * pixels + extra, *hidden, 2 * latent]
+        decoder = [latent + extra, *reversed(hidden), out * pixels]
+        return sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+    kernel = 4.0 ** len(spatial)
+    channels = [max(c, out), *hidden]
+    convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
+    feature = list(spatial)
     for _ in hidden:
-        fh, fw = math.ceil(fh / 2), math.ceil(fw / 2)
-    dense = (hidden[-1] * fh * fw + extra + 1) * 512 + 513 * (2 * latent + extra)
+        feature = [math.ceil(f / 2) for f in feature]
+    dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (2 * latent + extra)
     return 2.0 * (convs + dense)
 
 

@@ -34,7 +34,6 @@ from torch import nn
 
 from vaelab.data.batches import shard_rows
 from vaelab.errors import ConfigError, RunError
-from vaelab.models.posterior import DiagonalGaussian
 from vaelab.objectives import LossParts
 
 # The collective-communication backend per device type.
@@ -251,22 +250,18 @@ class _GlobalNoise:
     def __init__(self, model: nn.Module, global_batch: int, rows: slice) -> None:
         self.model, self.global_batch, self.rows = model, global_batch, rows
 
-    def __getattr__(self, name: str) -> Any:  # likelihood, conditional, decode, ...
+    def __getattr__(self, name: str) -> Any:  # likelihood, conditional, decode, elbo_terms, ...
         return getattr(self.model, name)
 
-    def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> DiagonalGaussian:
+    def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         q = self.model.encode(x, y)
-        return _RowsOfGlobalDraw(q.mean, q.log_var, self.global_batch, self.rows)
+        local_draw = q.draw_noise
 
+        def global_draw(shape: tuple[int, ...], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+            # ([K,] b, D) for this rank -> draw ([K,] B_global, D), as a single process would, and
+            # keep this rank's rows: the reparameterisation then uses exactly its share of N.
+            full = (*shape[:-2], self.global_batch, shape[-1])
+            return local_draw(full, generator)[..., self.rows, :]
 
-class _RowsOfGlobalDraw(DiagonalGaussian):
-    def __init__(self, mean: torch.Tensor, log_var: torch.Tensor, global_batch: int, rows: slice) -> None:
-        super().__init__(mean, log_var)
-        self.global_batch, self.rows = global_batch, rows
-
-    def sample(self, num_samples: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        lead = () if num_samples is None else (num_samples,)
-        shape = (*lead, self.global_batch, self.mean.shape[-1])  # ([K,] B_global, D): a single process's draw
-        noise = torch.randn(shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        # The reparameterisation h = sigma * N + mu, with this rank's rows of N.
-        return self.std * noise[..., self.rows, :] + self.mean
+        q.draw_noise = global_draw  # every posterior draws its noise through draw_noise
+        return q

@@ -141,11 +141,9 @@ def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAM
                                     dynamic_binarize=dynamic_binarize, device=device):
             y = y if use_labels else None
             posterior = model.encode(x, y)
-            # ELBO = E_q[log p(x|z)] - KL(q || N(0, I)); the KL in closed form, the expectation
-            # with ELBO_SAMPLES draws: (S, B, D) -> (S, B) -> (B,)
-            z = posterior.sample(ELBO_SAMPLES, generator=sample_gen)
-            recon = -model.likelihood.log_prob(x, model.decode(z, y)).mean(0)
-            kl = posterior.kl()
+            # ELBO = E_q[log p(x|z)] - KL(q || p); the expectation over ELBO_SAMPLES draws, the KL
+            # in closed form where it exists (else from the same draws): (S, B) -> (B,)
+            recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=sample_gen)
             bound = iwae_bound(model, x, y, iw_samples, posterior, sample_gen)  # (B,)
             sums += torch.stack([recon.sum(), kl.sum(), bound.sum()]).double().cpu()
             sq_bound += float(bound.double().square().sum())

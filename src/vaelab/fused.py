@@ -39,8 +39,10 @@ from torch import nn
 
 from vaelab.config import FUSED_ACTIVATIONS, RunConfig, fused_step_fits
 from vaelab.errors import ConfigError
+from vaelab.likelihoods import Bernoulli, Gaussian
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
-from vaelab.models.posterior import LOG_VAR_MAX, LOG_VAR_MIN
+from vaelab.models.posterior import LOG_VAR_MAX, LOG_VAR_MIN, DiagonalHead
+from vaelab.models.priors import StandardNormal
 from vaelab.objectives import LossParts
 
 # activation name -> (forward in place, backward: (d loss / d output, output) -> d loss / d input).
@@ -61,7 +63,9 @@ def supports(model: nn.Module, cfg: RunConfig, world_size: int) -> bool:
     return (fused_step_fits(cfg, world_size)
             and isinstance(getattr(model, "encoder", None), MLPEncoder)
             and isinstance(getattr(model, "decoder", None), MLPDecoder)
-            and model.likelihood.name in ("bernoulli", "gaussian"))
+            and isinstance(getattr(model, "posterior_head", None), DiagonalHead)
+            and isinstance(getattr(model, "prior", None), StandardNormal)
+            and type(model.likelihood) in (Bernoulli, Gaussian))
 
 
 def make_fused_step(model: nn.Module, cfg: RunConfig, world_size: int) -> Optional[FusedELBOStep]:

@@ -201,8 +201,8 @@ def _fmt(v: float) -> str:
 @torch.inference_mode()
 def sample_images(model: VAE, n: int = 64, temperature: float = 1.0, label: Optional[int] = None, seed: int = 0,
                   nrow: Optional[int] = None) -> ImageTable:
-    """Decodings of n prior draws z ~ N(0, t² I); a conditional model cycles through its labels
-    unless `label` is given."""
+    """Decodings of n draws from the model's prior (N(0, t² I) for the normal prior); a conditional
+    model cycles through its labels unless `label` is given."""
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
     if not temperature > 0:
@@ -214,10 +214,11 @@ def sample_images(model: VAE, n: int = 64, temperature: float = 1.0, label: Opti
     else:
         y = label
     y = _condition(model, y, n, "sample")
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)) * temperature
+    z = model.prior.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature).cpu()
     nrow = nrow or math.ceil(math.sqrt(n))
     what = f"class {label}" if label is not None else ("one class per column" if model.conditional else "")
-    title = f"Samples from N(0, {temperature:g}² I)" + (f", {what}" if what else "")
+    prior = f"N(0, {temperature:g}² I)" if model.prior.standard_normal else f"the {model.cfg.prior} prior"
+    title = f"Samples from {prior}" + (f", {what}" if what else "")
     cols = [str(c) for c in range(nrow)] if model.conditional and label is None else []
     return ImageTable(_decode(model, z, y), nrow, z, col_labels=cols, title=title)
 

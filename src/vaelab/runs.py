@@ -89,7 +89,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     """Load a trained model from a run folder: `config.json` + `model.safetensors` -> VAE in eval mode."""
-    from vaelab.models import VAE
+    from vaelab.models import build_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -98,7 +98,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise RunError(f"{run_dir} has no {WEIGHTS_FILE}: training did not finish (try --resume {run_dir})")
-    model = VAE(cfg.model)
+    model = build_model(cfg.model)
     load_weights(model, weights)
     model.run_config = cfg  # type: ignore[attr-defined]
     return model.to(device).eval()

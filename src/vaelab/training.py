@@ -57,7 +57,7 @@ from vaelab.distributed import (
 from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
-from vaelab.models import VAE
+from vaelab.models import build_model
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
 from vaelab.optim import Adam, make_optimizer
@@ -205,7 +205,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     if tc.threads:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
-    model = VAE(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, tc)
     data_gen = torch.Generator().manual_seed(tc.seed)  # data order + dynamic binarisation
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
@@ -281,6 +281,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         # A resumed epoch's sums so far are global; rank 0 carries them, the others start at 0.
         sums = torch.tensor(state["sums"][:3] if main else [0.0] * 3, dtype=torch.float64, device=device)
         count = int(state["sums"][3])  # images of the global batches so far
+        extra_sums = ExtraSums(state.get("extra_sums", {}), main, device)  # an objective's extra terms
         # The KL weight of the last step taken (the same value when resumed past the epoch's last batch).
         beta = kl_weight(state["step"])
         bar = tqdm(total=batches_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -293,7 +294,8 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
             beta = kl_weight(state["step"] + 1)
             global_batch = min(tc.batch_size, n_train - state["batch"] * tc.batch_size)  # x holds our share
             parts = compute_gradients(x, y, beta, global_batch)
-            sums.add_(torch.stack(parts).detach().double(), alpha=x.shape[0])  # (loss, recon, kl) x images
+            sums.add_(torch.stack(parts[:3]).detach().double(), alpha=x.shape[0])  # (loss, recon, kl) x images
+            extra_sums.add(parts.extras, x.shape[0])
             # A non-finite loss stays non-finite in the sums. A non-finite gradient behind a finite
             # loss breaks the weights in optimizer.step() and so the next loss; the weights are
             # only inspected once that happens, to name the step whose gradient did it (no cost on
@@ -315,11 +317,13 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 bar.set_postfix(loss=f"{sums[0].item() / count * ctx.world_size:.2f}")
             if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
                 state["sums"] = global_sums(sums) + [count]
+                state["extra_sums"] = extra_sums.totals(ctx)
                 state["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 checkpoint()
         bar.close()
         totals = global_sums(sums)
+        extra_totals = extra_sums.totals(ctx)
         if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
             raise DivergenceError(divergence_message(epoch + 1, state["step"], checkpoint_path))
 
@@ -335,6 +339,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                 "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
                 "lr": lr, "beta": beta, "seconds": round(seconds, 4),
+                **{f"train_{name}": total / max(count, 1) for name, total in extra_totals.items()},
             }
             _append_line(metrics_path, row)
             if progress and (tc.epochs <= 20 or (epoch + 1) % max(1, tc.epochs // 10) == 0 or epoch + 1 == tc.epochs):
@@ -342,7 +347,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                       f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {seconds:.1f}s", flush=True)
             if hook is not None:
                 hook(row, model)
-        state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], seconds=0.0)
+        state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], extra_sums={}, seconds=0.0)
         order = None
         checkpoint()
 
@@ -359,6 +364,31 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                            f"be written ({exc.strerror or exc}); free space, then draw them with "
                            f"vaelab.plots.write_run_figures(vaelab.load(RUN), data, RUN)") from None
     return run_dir
+
+
+class ExtraSums:
+    """Running sums (x images) of the extra terms an objective reports in `LossParts.extras`
+    (e.g. the KL of each latent layer), kept on the device like the main sums; a resumed epoch
+    carries its sums so far (global, on rank 0) in the checkpoint's `extra_sums`."""
+
+    def __init__(self, saved: dict[str, float], main: bool, device: torch.device) -> None:
+        self.device = device
+        self.sums = {k: torch.tensor(v if main else 0.0, dtype=torch.float64, device=device) for k, v in saved.items()}
+
+    def add(self, extras: dict[str, torch.Tensor], images: int) -> None:
+        for name, value in extras.items():
+            total = self.sums.get(name)
+            if total is None:
+                total = self.sums[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+            total.add_(value.detach().double(), alpha=images)
+
+    def totals(self, ctx: DistContext) -> dict[str, float]:
+        """The sums over all ranks, by name (sorted: every rank reduces in the same order)."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        reduced = all_reduce_sum(torch.stack([self.sums[n] for n in names]), ctx).tolist()
+        return dict(zip(names, reduced))
 
 
 def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autocast: dict, use_labels: bool,

@@ -31,7 +31,7 @@ def run_import(args: argparse.Namespace) -> int:
     """Carry out `vaelab import-weights` with the parsed `args`; return the exit code."""
     from vaelab.checkpoint import WEIGHTS_FILE, import_torch_weights, load_state_into, save_weights
     from vaelab.config import RunConfig
-    from vaelab.models import VAE
+    from vaelab.models import build_model
     from vaelab.runs import CONFIG_FILE
 
     run_dir = Path(args.run)
@@ -44,7 +44,7 @@ def run_import(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise RunError(f"{target} already exists; use --force to replace it")
     tensors = import_torch_weights(args.file)
-    model = VAE(cfg.model)
+    model = build_model(cfg.model)
     load_state_into(model, tensors, args.file)
     save_weights(model, target)
     print(f"imported {len(tensors)} tensors from {args.file} into {target}")

@@ -1,7 +1,9 @@
-"""Architectures and the VAE that combines an encoder, a decoder and a likelihood.
+"""Architectures, priors, posteriors and the VAE that combines them with a likelihood.
 
 `ARCHITECTURES` maps `--arch` to an (encoder class, decoder class, default hidden sizes) entry;
-adding an architecture is adding one entry.
+`PRIORS` (models/priors.py) maps `--prior`, `POSTERIORS` (models/posterior.py) `--posterior`.
+Adding one is adding one entry. Encoders and decoders are built from one `NetSpec`
+(models/spec.py).
 """
 
 from __future__ import annotations
@@ -10,25 +12,48 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vaelab.config import ModelConfig
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
-from vaelab.models.posterior import DiagonalGaussian
+from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
+from vaelab.models.priors import PRIORS
+from vaelab.models.spec import NetSpec
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One `--arch` entry: its encoder and decoder classes and default hidden sizes."""
+    """One `--arch` entry: its encoder and decoder classes (each built from a `NetSpec`), default
+    hidden sizes, and the numbers of spatial dims it handles (2: images (C, H, W), 3: volumes)."""
 
     encoder: type[nn.Module]
     decoder: type[nn.Module]
     default_hidden: tuple[int, ...]
+    spatial_dims: tuple[int, ...] = (2,)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": Architecture(MLPEncoder, MLPDecoder, (512, 256)),
+    "mlp": Architecture(MLPEncoder, MLPDecoder, (512, 256), spatial_dims=(2, 3)),
     "conv": Architecture(ConvEncoder, ConvDecoder, (32, 64, 128)),
 }
 
 from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
 
-__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "VAE"]
+# Model families: one class each, built from a ModelConfig; `model_family` says which a config
+# describes. Every family has the VAE's API (encode -> posterior, decode -> likelihood parameter,
+# prior, likelihood, elbo_terms, log_terms, log_weights, sample, reconstruct), so training,
+# evaluation and the latent tools serve them all.
+MODELS: dict[str, type[nn.Module]] = {"vae": VAE}
+
+
+def model_family(cfg: ModelConfig) -> str:
+    """The `MODELS` key of the model `cfg` describes."""
+    return "vae"
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` describes, freshly initialised (the seed decides its weights)."""
+    return MODELS[model_family(cfg)](cfg)
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "MODELS", "NetSpec", "POSTERIORS", "PRIORS", "VAE",
+           "build_model", "model_family"]

@@ -1,14 +1,22 @@
 """The variational autoencoder: `encode` -> q(z|x), `decode` -> the likelihood's parameter.
 
-Kingma & Welling 2013: the encoder outputs the mean and log-variance of a diagonal Gaussian
-q(z|x); z = sigma * N + mu with N ~ N(0, I) (see `DiagonalGaussian.sample`); the decoder maps z
-back to the parameter of p(x|z); training maximises E_q[log p(x|z)] - KL(q(z|x) || N(0, I)).
-A conditional VAE (Sohn et al. 2015) feeds a one-hot label to both encoder and decoder.
+Kingma & Welling 2013: the encoder outputs the parameters of q(z|x) (for the default diagonal
+Gaussian, its mean and log-variance); z = sigma * N + mu with N ~ N(0, I) (see
+`DiagonalGaussian.sample`); the decoder maps z back to the parameter of p(x|z); training
+maximises E_q[log p(x|z)] - KL(q(z|x) || p(z)). A conditional VAE (Sohn et al. 2015) feeds a
+one-hot label to both encoder and decoder.
+
+The three densities are components (the one place they live): `self.prior` p(z)
+(models/priors.py), the posterior head that turns the encoder's output into q(z|x)
+(models/posterior.py), and `self.likelihood` p(x|z) (likelihoods.py). `elbo_terms` and
+`log_weights` combine them for any choice, so the ELBO, the IWAE bound and `vaelab eval` work
+unchanged for every prior x posterior x likelihood: the KL is in closed form where it exists
+(a diagonal Gaussian against N(0, I)), by Monte Carlo on the same draws where not.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +26,9 @@ from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import build_likelihood
 from vaelab.models import ARCHITECTURES
-from vaelab.models.posterior import DiagonalGaussian
+from vaelab.models.posterior import build_posterior
+from vaelab.models.priors import build_prior
+from vaelab.models.spec import NetSpec
 
 
 def resolve_hidden(cfg: ModelConfig) -> list[int]:
@@ -26,23 +36,46 @@ def resolve_hidden(cfg: ModelConfig) -> list[int]:
     return list(cfg.hidden) if cfg.hidden else list(ARCHITECTURES[cfg.arch].default_hidden)
 
 
+class ElboTerms(NamedTuple):
+    """Per-image parts of the negative ELBO, each (B,): recon = -E_q[log p(x|z)], kl = KL(q || p)."""
+
+    recon: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: Optional[torch.Tensor]  # (B, D) where the KL is closed-form per dimension, else None
+
+
+class LogTerms(NamedTuple):
+    """The three log-densities at K posterior draws, each (K, B)."""
+
+    log_px_z: torch.Tensor  # log p(x | z_k)
+    log_pz: torch.Tensor  # log p(z_k)
+    log_qz: torch.Tensor  # log q(z_k | x)
+
+
 class VAE(nn.Module):
-    """Encoder + decoder + likelihood, built from a `ModelConfig`; see the module docstring."""
+    """Encoder + decoder + prior + posterior + likelihood, built from a `ModelConfig`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.image_shape is None:
             raise ConfigError("model config has no image_shape; it is set from the data when training starts")
+        arch = ARCHITECTURES[cfg.arch]
+        if len(cfg.image_shape) - 1 not in arch.spatial_dims:
+            kind = "volumes (C, D, H, W)" if len(cfg.image_shape) == 4 else "images (C, H, W)"
+            raise ConfigError(f"--arch {cfg.arch} does not handle {kind}; choose an architecture for them")
         self.cfg = cfg
-        self.image_shape = tuple(cfg.image_shape)  # (C, H, W)
+        self.image_shape = tuple(cfg.image_shape)  # (C, H, W) or (C, D, H, W)
         self.latent_dim = cfg.latent_dim
         self.num_classes = cfg.num_classes if cfg.conditional else 0
-        arch = ARCHITECTURES[cfg.arch]
-        hidden = resolve_hidden(cfg)
-        args = (self.image_shape, hidden, cfg.latent_dim, self.num_classes, cfg.activation)
-        self.encoder = arch.encoder(*args)
-        self.decoder = arch.decoder(*args)
-        self.likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_std)
+        self.likelihood = build_likelihood(cfg)
+        self.posterior_head = build_posterior(cfg)
+        spec = NetSpec(image_shape=self.image_shape, hidden=tuple(resolve_hidden(cfg)), latent_dim=cfg.latent_dim,
+                       cond_dim=self.num_classes, activation=cfg.activation,
+                       encoder_out=self.posterior_head.stats_dim,
+                       decoder_channels=self.image_shape[0] * self.likelihood.param_channels, config=cfg)
+        self.encoder = arch.encoder(spec)
+        self.decoder = arch.decoder(spec)
+        self.prior = build_prior(cfg, self)  # last: a prior may use the encoder (VampPrior)
 
     @property
     def conditional(self) -> bool:
@@ -67,18 +100,63 @@ class VAE(nn.Module):
             raise ConfigError(f"label must be in 0..{self.num_classes - 1}")
         return F.one_hot(y, self.num_classes).to(torch.get_default_dtype())
 
-    def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> DiagonalGaussian:
-        """x float (B, C, H, W) in [0, 1] -> q(z|x) with mean and log_var (B, D)."""
-        stats = self.encoder(x, self._cond(y, x.shape[0]))  # (B, 2*D)
-        mean, log_var = stats.chunk(2, dim=-1)
-        return DiagonalGaussian(mean, log_var)
+    # ---- the model's densities -----------------------------------------------------------------
+    def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
+        """x float (B, C, *S) in [0, 1] -> q(z|x): `.mean`, `.log_var` (B, D), `.sample()`, ..."""
+        stats = self.encoder(x, self._cond(y, x.shape[0]))  # (B, encoder_out)
+        return self.posterior_head(stats)
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """z (B, D) or (K, B, D) -> the likelihood's parameter (logits or mean), (..., C, H, W)."""
+        """z (B, D) or (K, B, D) -> the likelihood's parameter (logits, mean, ...), (..., P·C, *S)."""
         cond = self._cond(y, z.shape[-2] if z.dim() > 1 else 1)
         if cond is not None and z.dim() == 3:
             cond = cond.expand(z.shape[0], *cond.shape)
         return self.likelihood.param(self.decoder(z, cond))
+
+    def elbo_terms(self, x: torch.Tensor, y: Optional[torch.Tensor], posterior=None, num_samples: Optional[int] = None,
+                   generator: Optional[torch.Generator] = None) -> ElboTerms:
+        """-E_q[log p(x|z)] and KL(q(z|x) || p(z)) per image, (B,) each.
+
+        One reparameterised draw per image (`num_samples` None), or the mean over K draws. The
+        KL is closed-form for a diagonal Gaussian against N(0, I), else log q(z|x) - log p(z) on
+        the same draws (an unbiased estimate).
+        """
+        if posterior is None:
+            posterior = self.encode(x, y)
+        if self.kl_is_closed_form(posterior):
+            z = posterior.sample(num_samples, generator)  # ([K,] B, D): h = sigma * N + mu
+            kl_per_dim = posterior.kl_per_dim()  # (B, D)
+            kl = kl_per_dim.sum(-1)  # (B,)
+        else:
+            z, log_q = posterior.rsample_with_log_prob(num_samples, generator)  # ([K,] B, D), ([K,] B)
+            kl_per_dim, kl = None, log_q - self.prior.log_prob(z)  # ([K,] B)
+        recon = -self.likelihood.log_prob(x, self.decode(z, y))  # ([K,] B)
+        if num_samples is not None:
+            recon = recon.mean(0)
+            kl = kl.mean(0) if kl.dim() > 1 else kl
+        return ElboTerms(recon, kl, kl_per_dim)
+
+    def log_terms(self, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
+                  generator: Optional[torch.Generator] = None) -> LogTerms:
+        """log p(x|z_k), log p(z_k) and log q(z_k|x) for K draws z_k ~ q(z|x), each (K, B)."""
+        if posterior is None:
+            posterior = self.encode(x, y)
+        z, log_q = posterior.rsample_with_log_prob(num_samples, generator)  # (K, B, D), (K, B)
+        return LogTerms(self.likelihood.log_prob(x, self.decode(z, y)), self.prior.log_prob(z), log_q)
+
+    def log_weights(self, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K draws z_k ~ q(z|x) -> (K, B)."""
+        terms = self.log_terms(x, y, num_samples, posterior, generator)
+        return terms.log_px_z + terms.log_pz - terms.log_qz
+
+    def kl_is_closed_form(self, posterior) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form here (a diagonal Gaussian against N(0, I))."""
+        return getattr(posterior, "closed_form_kl", False) and self.prior.standard_normal
+
+    def closed_form_kl(self, posterior) -> Optional[torch.Tensor]:
+        """KL(q(z|x) || p(z)) per image (B,) where it has a closed form, else None."""
+        return posterior.kl() if self.kl_is_closed_form(posterior) else None
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         """One pass: (param, posterior, z) with z one reparameterised sample per image."""
@@ -86,19 +164,20 @@ class VAE(nn.Module):
         z = posterior.sample()
         return self.decode(z, y), posterior, z
 
+    # ---- images ------------------------------------------------------------------------------
     @torch.inference_mode()
     def sample(self, n: int, y: Optional[torch.Tensor] = None, temperature: float = 1.0,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Decode n draws from the prior N(0, t²I) -> expected images (n, C, H, W) in [0, 1]."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device) * temperature
+        """Decode n draws from the prior (N(0, t²I) for the normal prior) -> expected images (n, C, *S) in [0, 1]."""
+        z = self.prior.sample(n, generator=generator, temperature=temperature, device=self.device)
         return self.likelihood.mean(self.decode(z, y))
 
     @torch.inference_mode()
     def reconstruct(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Decode the posterior mean of x -> expected images (B, C, H, W) in [0, 1]."""
+        """Decode the posterior mean of x -> expected images (B, C, *S) in [0, 1]."""
         return self.likelihood.mean(self.decode(self.encode(x, y).mean, y))
 
     @torch.inference_mode()
     def decode_images(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """z (B, D) -> expected images (B, C, H, W) in [0, 1]."""
+        """z (B, D) -> expected images (B, C, *S) in [0, 1]."""
         return self.likelihood.mean(self.decode(z, y))
