@@ -1,8 +1,9 @@
-"""Bit-identical resume after SIGKILL, for every architecture, likelihood and objective.
+"""Bit-identical resume after SIGKILL, for every architecture, likelihood, objective, prior and posterior.
 
 One shared check (`killed_and_resumed_equals_uninterrupted`) runs over a matrix built from the
-registries themselves (`ARCHITECTURES`, `LIKELIHOODS`, `OBJECTIVES`), so an entry added later is
-covered without editing this file; the training switches that change what a step does (the
+registries themselves (`ARCHITECTURES`, `LIKELIHOODS`, `OBJECTIVES`, `PRIORS`, `POSTERIORS`, each
+chosen through its config key in a `--config` file), so an entry added later is covered without
+editing this file; the training switches that change what a step does (the
 fused or autograd step, a conditional model, static and dynamic binarisation, KL warm-up) are
 spread over the cases.
 
@@ -37,7 +38,7 @@ from vaelab.checkpoint import CHECKPOINT_FILE, FAULT_ENV, WEIGHTS_FILE, checkpoi
 from vaelab.cli import main
 from vaelab.config import fused_step_fits
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import ARCHITECTURES
+from vaelab.models import ARCHITECTURES, POSTERIORS, PRIORS
 from vaelab.objectives import OBJECTIVES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,10 @@ TRAIN_IMAGES, BATCH, EVERY, EPOCHS = 60, 10, 2, 2  # 54 after the 10% validation
 # Checkpoint writes: #1 at step 0; epoch 1: steps 2, 4, 6 and its end (#2-#5); epoch 2: step 8 (#6),
 # step 10 (#7, killed halfway). The last good one is #6: epoch 2, batch 2.
 KILL_AT_WRITE, LAST_GOOD = 7, {"epoch": 1, "batch": 2, "step": 8}
+# Each registry and the config key that picks one of its entries: an entry added later to any of
+# them is trained, killed and resumed here without editing this file.
+REGISTRIES = {"model.arch": ARCHITECTURES, "model.likelihood": LIKELIHOODS, "train.objective": OBJECTIVES,
+              "model.prior": PRIORS, "model.posterior": POSTERIORS}
 # Small layers per architecture; an architecture added later gets the generic choice.
 HIDDEN = {"mlp": "16", "conv": "4,8"}
 GENERIC_HIDDEN = "8,8"
@@ -57,46 +62,65 @@ SWITCHES = {
     "autograd+conditional+warmup": ["--step", "autograd", "--conditional", "--kl-warmup", "1"],
     "plain": [],
 }
+# The registry entries the hand-derived step covers (an autograd case must be one of them, so that
+# choosing autograd is a choice); the rest of the rule is config.fused_step_fits.
+FUSED_CHOICES = {"model.arch": "mlp", "train.objective": "elbo", "model.prior": "normal", "model.posterior": "diagonal"}
+
+Case = tuple[tuple[tuple[str, str], ...], str]  # ((config key, registry entry), ...), switch
 
 
-def case_flags(arch: str, likelihood: str, objective: str, switch: str) -> list[str]:
-    return ["--arch", arch, "--hidden", HIDDEN.get(arch, GENERIC_HIDDEN), "--likelihood", likelihood,
-            "--objective", objective, *OBJECTIVE_FLAGS.get(objective, []), *SWITCHES[switch]]
+def case_settings(case: Case) -> dict:
+    """The case as dotted config keys (what `--config` files and flags set)."""
+    choices, _ = case
+    return dict(choices)
 
 
-def _fast_cases() -> list[tuple[str, str, str, str]]:
-    """Every registry entry and every switch at least once, in as few cases as that takes."""
-    archs, likelihoods, objectives = list(ARCHITECTURES), list(LIKELIHOODS), list(OBJECTIVES)
+def case_flags(case: Case, folder: Path) -> list[str]:
+    """The command-line flags of a case: its registry choices in a TOML file, the switches as flags."""
+    settings, switch = case_settings(case), case[1]
+    tables: dict[str, list[str]] = {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        tables.setdefault(section, []).append(f'{name} = "{value}"')
+    config = folder / "case.toml"
+    config.write_text("".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in tables.items()))
+    return ["--config", str(config), "--hidden", HIDDEN.get(settings["model.arch"], GENERIC_HIDDEN),
+            *OBJECTIVE_FLAGS.get(settings["train.objective"], []), *SWITCHES[switch]]
+
+
+def _fast_cases() -> list[Case]:
+    """Every entry of every registry and every switch at least once, in as few cases as that takes."""
+    entries = {key: list(registry) for key, registry in REGISTRIES.items()}
     switches = [s for s in SWITCHES if s != "plain"]
-    n = max(len(archs), len(likelihoods), len(objectives), len(switches))
     cases = []
-    for i in range(n):
-        arch, likelihood, objective = archs[i % len(archs)], likelihoods[i % len(likelihoods)], \
-            objectives[i % len(objectives)]
+    for i in range(max(len(switches), *(len(v) for v in entries.values()))):
+        choice = {key: values[i % len(values)] for key, values in entries.items()}
         switch = switches[i % len(switches)]
         if "autograd" in switch:  # the autograd/fused choice only exists where the fused step could run
-            arch, objective = "mlp", "elbo"
-        cases.append((arch, likelihood, objective, switch))
-    # The fused step: the default wherever it applies, so at least one case must be an mlp on the elbo.
-    if not any(a == "mlp" and o == "elbo" and "autograd" not in s for a, _, o, s in cases):
-        cases.append(("mlp", likelihoods[0], "elbo", "plain"))
+            choice.update(FUSED_CHOICES)
+        cases.append((tuple(choice.items()), switch))
+    # The fused step is the default wherever it applies: at least one case must train with it.
+    if not any(all(dict(c)[k] == v for k, v in FUSED_CHOICES.items()) and "autograd" not in s for c, s in cases):
+        choice = {key: values[0] for key, values in entries.items()} | FUSED_CHOICES
+        cases.append((tuple(choice.items()), "plain"))
     return cases
 
 
-def _slow_cases() -> list[tuple[str, str, str, str]]:
-    """The whole cross product of the registries (and autograd next to fused for mlp/elbo)."""
+def _slow_cases() -> list[Case]:
+    """The whole cross product of the registries (and autograd next to fused where both exist)."""
     fast = set(_fast_cases())
     switches = [s for s in SWITCHES if "autograd" not in s]
     cases = []
-    for i, (arch, likelihood, objective) in enumerate(itertools.product(ARCHITECTURES, LIKELIHOODS, OBJECTIVES)):
-        cases.append((arch, likelihood, objective, switches[i % len(switches)]))
-        if arch == "mlp" and objective == "elbo":
-            cases.append((arch, likelihood, objective, "autograd+conditional+warmup"))
+    for i, values in enumerate(itertools.product(*REGISTRIES.values())):
+        choice = tuple(zip(REGISTRIES, values))
+        cases.append((choice, switches[i % len(switches)]))
+        if all(dict(choice)[k] == v for k, v in FUSED_CHOICES.items()):
+            cases.append((choice, "autograd+conditional+warmup"))
     return [c for c in cases if c not in fast]
 
 
-def _id(case: tuple[str, str, str, str]) -> str:
-    return "-".join(case)
+def _id(case: Case) -> str:
+    return "-".join([value for _, value in case[0]] + [case[1]])
 
 
 @pytest.fixture(scope="module")
@@ -160,29 +184,29 @@ def killed_and_resumed_equals_uninterrupted(tmp_path: Path, idx_folder: Path, fl
 
 @pytest.mark.parametrize("case", _fast_cases(), ids=_id)
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, idx_folder, no_figures, case):
-    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(*case))
+    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(case, tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _slow_cases(), ids=_id)
 def test_sigkill_resume_over_the_whole_registry_cross_product(tmp_path, idx_folder, no_figures, case):
-    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(*case))
+    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(case, tmp_path))
 
 
-def test_the_matrix_covers_every_registry_entry_and_both_steps():
-    """The fast cases alone name every architecture, likelihood, objective and switch, and train
-    with the fused step in one case and autograd in another (checked with the config's own rule)."""
+def test_the_matrix_covers_every_registry_entry_and_both_steps(tmp_path):
+    """The fast cases alone name every entry of every registry and every switch, and train with
+    the fused step in one case and autograd in another (checked with the config's own rule)."""
     from vaelab.cli import build_parser
     from vaelab.cli.options import build_config, flag_overrides
 
     fast = _fast_cases()
-    assert {c[0] for c in fast} == set(ARCHITECTURES)
-    assert {c[1] for c in fast} == set(LIKELIHOODS)
-    assert {c[2] for c in fast} == set(OBJECTIVES)
-    assert {c[3] for c in fast} >= {s for s in SWITCHES if s != "plain"}
+    for key, registry in REGISTRIES.items():
+        assert {dict(choice)[key] for choice, _ in fast} == set(registry), key
+    assert {switch for _, switch in fast} >= {s for s in SWITCHES if s != "plain"}
     steps = set()
     for case in fast + _slow_cases():
-        args = build_parser().parse_args(["train", *case_flags(*case), "--dataset", "mnist"])
-        cfg = build_config(None, None, flag_overrides(args))
+        args = build_parser().parse_args(["train", *case_flags(case, tmp_path), "--dataset", "mnist"])
+        cfg = build_config(None, args.config, flag_overrides(args))
+        assert all(cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] == v for k, v in case[0])
         steps.add("fused" if cfg.train.step != "autograd" and fused_step_fits(cfg) else "autograd")
     assert steps == {"fused", "autograd"}
