@@ -1,11 +1,12 @@
-"""Bit-identical resume after SIGKILL, for every architecture, likelihood, objective, prior and posterior.
+"""Bit-identical resume after SIGKILL, for every architecture, likelihood, objective, prior,
+posterior, optimizer and learning-rate schedule.
 
 One shared check (`killed_and_resumed_equals_uninterrupted`) runs over a matrix built from the
-registries themselves (`ARCHITECTURES`, `LIKELIHOODS`, `OBJECTIVES`, `PRIORS`, `POSTERIORS`, each
-chosen through its config key in a `--config` file), so an entry added later is covered without
-editing this file; the training switches that change what a step does (the
-fused or autograd step, a conditional model, static and dynamic binarisation, KL warm-up) are
-spread over the cases.
+registries themselves (`ARCHITECTURES`, `LIKELIHOODS`, `OBJECTIVES`, `PRIORS`, `POSTERIORS`,
+`OPTIMIZERS`, `SCHEDULES`, each chosen through its config key in a `--config` file), so an entry
+added later is covered without editing this file; the training switches that change what a step
+does (the fused or autograd step, a conditional model, static and dynamic binarisation, KL
+warm-up) are spread over the cases.
 
 Each case: a real `python -m vaelab train` process is SIGKILLed halfway through writing its 7th
 checkpoint (the `VAELAB_FAULT_INJECT` hook in `atomic_write_bytes`), which lies in the middle of
@@ -16,7 +17,8 @@ equal the same command run without interruption bit for bit: every tensor of
 `metrics.jsonl` row except the wall-clock seconds.
 
 The fast subset (not `slow`) has every registry entry at least once and every switch at least
-once; the whole cross product of the three registries is marked `slow`.
+once; the cross product of the model registries (architecture, likelihood, objective, prior,
+posterior) is marked `slow`, with the optimizers and schedules spread over it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from vaelab.config import fused_step_fits
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.models import ARCHITECTURES, POSTERIORS, PRIORS
 from vaelab.objectives import OBJECTIVES
+from vaelab.optim import OPTIMIZERS
+from vaelab.schedules import SCHEDULES
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, BATCH, EVERY, EPOCHS = 60, 10, 2, 2  # 54 after the 10% validation split: 6 batches/epoch
@@ -49,7 +53,11 @@ KILL_AT_WRITE, LAST_GOOD = 7, {"epoch": 1, "batch": 2, "step": 8}
 # Each registry and the config key that picks one of its entries: an entry added later to any of
 # them is trained, killed and resumed here without editing this file.
 REGISTRIES = {"model.arch": ARCHITECTURES, "model.likelihood": LIKELIHOODS, "train.objective": OBJECTIVES,
-              "model.prior": PRIORS, "model.posterior": POSTERIORS}
+              "model.prior": PRIORS, "model.posterior": POSTERIORS, "train.optimizer": OPTIMIZERS,
+              "train.lr_schedule": SCHEDULES}
+# Settings an entry needs beside its name (none unless listed).
+ENTRY_SETTINGS = {("train.lr_schedule", "piecewise"): {"train.lr_segments": [[1, 1.0], [1, 0.5]]},
+                  ("train.lr_schedule", "step"): {"train.lr_step": 1}}
 # Small layers per architecture; an architecture added later gets the generic choice.
 HIDDEN = {"mlp": "16", "conv": "4,8"}
 GENERIC_HIDDEN = "8,8"
@@ -71,8 +79,10 @@ Case = tuple[tuple[tuple[str, str], ...], str]  # ((config key, registry entry),
 
 def case_settings(case: Case) -> dict:
     """The case as dotted config keys (what `--config` files and flags set)."""
-    choices, _ = case
-    return dict(choices)
+    settings = dict(case[0])
+    for choice in case[0]:
+        settings.update(ENTRY_SETTINGS.get(choice, {}))
+    return settings
 
 
 def case_flags(case: Case, folder: Path) -> list[str]:
@@ -81,7 +91,7 @@ def case_flags(case: Case, folder: Path) -> list[str]:
     tables: dict[str, list[str]] = {}
     for key, value in settings.items():
         section, name = key.split(".")
-        tables.setdefault(section, []).append(f'{name} = "{value}"')
+        tables.setdefault(section, []).append(f"{name} = {json.dumps(value)}")  # JSON scalars and lists are TOML
     config = folder / "case.toml"
     config.write_text("".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in tables.items()))
     return ["--config", str(config), "--hidden", HIDDEN.get(settings["model.arch"], GENERIC_HIDDEN),
@@ -107,12 +117,17 @@ def _fast_cases() -> list[Case]:
 
 
 def _slow_cases() -> list[Case]:
-    """The whole cross product of the registries (and autograd next to fused where both exist)."""
+    """The cross product of the model registries (and autograd next to fused where both exist);
+    the optimizers and schedules go round-robin over it."""
     fast = set(_fast_cases())
     switches = [s for s in SWITCHES if "autograd" not in s]
+    model_keys = [k for k in REGISTRIES if k.startswith("model.") or k == "train.objective"]
+    other_keys = [k for k in REGISTRIES if k not in model_keys]
     cases = []
-    for i, values in enumerate(itertools.product(*REGISTRIES.values())):
-        choice = tuple(zip(REGISTRIES, values))
+    for i, values in enumerate(itertools.product(*(REGISTRIES[k] for k in model_keys))):
+        choice = dict(zip(model_keys, values))
+        choice.update({k: list(REGISTRIES[k])[i % len(REGISTRIES[k])] for k in other_keys})
+        choice = tuple((k, choice[k]) for k in REGISTRIES)
         cases.append((choice, switches[i % len(switches)]))
         if all(dict(choice)[k] == v for k, v in FUSED_CHOICES.items()):
             cases.append((choice, "autograd+conditional+warmup"))
@@ -207,6 +222,6 @@ def test_the_matrix_covers_every_registry_entry_and_both_steps(tmp_path):
     for case in fast + _slow_cases():
         args = build_parser().parse_args(["train", *case_flags(case, tmp_path), "--dataset", "mnist"])
         cfg = build_config(None, args.config, flag_overrides(args))
-        assert all(cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] == v for k, v in case[0])
+        assert all(cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] == v for k, v in case_settings(case).items())
         steps.add("fused" if cfg.train.step != "autograd" and fused_step_fits(cfg) else "autograd")
     assert steps == {"fused", "autograd"}
