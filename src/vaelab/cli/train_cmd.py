@@ -52,16 +52,18 @@ DEMO_GAUSSIAN_STD = 0.15
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
     from vaelab.distributed import peer_failures_in_one_line
+    from vaelab.runtime import flush_denormals
 
-    with peer_failures_in_one_line():  # under torchrun: a rank that stops because another failed says so in one line
-        return _train_or_resume(args)
+    # Flush-to-zero on before torch starts worker threads (they inherit it, see vaelab.runtime); off
+    # again when the command ends, also on an error, so an in-process caller of main() keeps IEEE
+    # subnormals. Under torchrun a rank that stops because another failed says so in one line.
+    with peer_failures_in_one_line(), flush_denormals():
+        return _train(args)
 
 
-def _train_or_resume(args: argparse.Namespace) -> int:
-    from vaelab.runtime import enable_flush_denormals
+def _train(args: argparse.Namespace) -> int:
     from vaelab.training import resume, train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     # train() and resume() check every input (config, optional packages, data, the run folder and
     # its lock) before they write anything.
     if args.resume:
@@ -83,10 +85,9 @@ def _train_or_resume(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """`vaelab demo`: the paper's set-up on the bundled digits, with a stronger reconstruction weight."""
     from vaelab.runs import default_run_dir
-    from vaelab.runtime import enable_flush_denormals
+    from vaelab.runtime import flush_denormals
     from vaelab.training import train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     cfg = build_config(None, None, {
         "data.dataset": "digits", "model.arch": "mlp", "model.latent_dim": 2, "model.likelihood": "gaussian",
         "model.hidden": [256, 128], "train.epochs": args.epochs, "train.batch_size": 64,
@@ -95,7 +96,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "model.gaussian_std": DEMO_GAUSSIAN_STD,
     })
     out = args.out or default_run_dir("demo")
-    run_dir = train(cfg, out, force=args.force, progress=not args.quiet)
+    with flush_denormals():  # before torch starts worker threads, off again after (see run_train)
+        run_dir = train(cfg, out, force=args.force, progress=not args.quiet)
     _print_summary(run_dir)
     return 0
 
