@@ -3,19 +3,19 @@ each with the reader that must decode it, and the seeded mutations applied to th
 
 `SEEDS` maps a name to a `Seed`: a generator of one small valid file from a NumPy random
 generator, the file's suffix, and its `kind`; `READERS` maps a kind to the vaelab reader that
-decodes such bytes (or raises `DataError`). Adding a format is adding entries, for example once
-the DICOM/NIfTI readers exist:
-
-    READERS["dicom"] = lambda data, path: read_dicom(write(path, data))
-    SEEDS["dicom-ct16"] = Seed(make_ct_slice, ".dcm", "dicom")
-
-and every fuzz test (the decode path, the explorer's uploads when `uploadable`) covers it.
+decodes such bytes (or raises `DataError`). Adding a format is adding entries: the DICOM and
+NIfTI seeds below (made by `vaelab.data.synthetic_scans.seed_files`, present when pydicom and
+nibabel are installed) were added that way, and every fuzz test (the decode path, the explorer's
+uploads when `uploadable`) covers them.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +125,38 @@ SEEDS: dict[str, Seed] = {
 }
 
 
+# ---- scans (DICOM, NIfTI): the medical readers' own seed files ----------------------------------
+
+HAVE_SCAN_READERS = all(importlib.util.find_spec(m) is not None for m in ("pydicom", "nibabel"))
+
+
+@functools.cache
+def _scan_files() -> dict[str, bytes]:
+    """The bytes of `vaelab.data.synthetic_scans.seed_files` (written once into a temporary folder)."""
+    from vaelab.data.synthetic_scans import seed_files
+
+    with tempfile.TemporaryDirectory() as folder:
+        return {str(path.relative_to(folder)): path.read_bytes() for path in seed_files(folder)}
+
+
+def _scan(prefix: str) -> Callable[[np.random.Generator], bytes]:
+    def make(rng: np.random.Generator) -> bytes:
+        names = sorted(name for name in _scan_files() if name.startswith(prefix))
+        return _scan_files()[names[int(rng.integers(0, len(names)))]]  # one of the series' files
+    return make
+
+
+if HAVE_SCAN_READERS:
+    SEEDS.update({
+        "dicom-ct": Seed(_scan("ct/"), ".dcm", "dicom"),  # signed, rescale slope/intercept
+        "dicom-mr": Seed(_scan("mr/"), ".dcm", "dicom"),
+        "dicom-monochrome1": Seed(_scan("mono1/"), ".dcm", "dicom"),
+        "dicom-multiframe": Seed(_scan("multiframe/"), ".dcm", "dicom"),
+        "nifti-3d": Seed(_scan("nifti/volume.nii"), ".nii", "nifti"),
+        "nifti-4d-gz": Seed(_scan("nifti/series4d.nii.gz"), ".nii.gz", "nifti"),
+    })
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -150,11 +182,33 @@ def _read_npz(data: bytes, path: Path, rng: np.random.Generator) -> object:
     return load_npz(DataConfig(dataset="npz", data_path=str(_write(path, data))))
 
 
+def _read_dicom(data: bytes, path: Path, rng: np.random.Generator) -> object:
+    """What `--dataset dicom` does with one file: its header, its frames, the window, the slices."""
+    from vaelab.data.dicom import decode_frames, read_header
+    from vaelab.data.medical import window_series
+
+    header, _ = read_header(_write(path, data), path.parent)
+    if header is None:  # not an image object: skipped and counted, as the loader does
+        return None
+    frames = decode_frames(header)
+    return window_series(lambda: iter(frames), None, 8, 1, False)
+
+
+def _read_nifti(data: bytes, path: Path, rng: np.random.Generator) -> object:
+    """What `--dataset nifti` does with one file: its volumes, the window, the slices."""
+    from vaelab.data.medical import window_series
+    from vaelab.data.nifti import NiftiUnit
+
+    return window_series(NiftiUnit(_write(path, data), path.name, None).slices, None, 8, 1, False)
+
+
 # kind -> reader(bytes, a scratch path with the seed's suffix, rng): decodes, or raises DataError.
 READERS: dict[str, Callable[[bytes, Path, np.random.Generator], object]] = {
     "image": _read_image,
     "idx": _read_idx,
     "npz": _read_npz,
+    "dicom": _read_dicom,
+    "nifti": _read_nifti,
 }
 
 

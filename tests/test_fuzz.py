@@ -1,11 +1,13 @@
 """Seeded fuzzing as a standing test: damaged files are decoded or refused in one line, never crash.
 
 Seed files (`fuzz_corpus.SEEDS`: PNG 8/16-bit and RGB, JPEG, TIFF 8/16-bit/float32/RGB, BMP, IDX
-gzip and raw, MedMNIST npz) are made fresh for every case from a seeded generator, then damaged
+gzip and raw, MedMNIST npz, and with the medical extra DICOM (CT, MR, MONOCHROME1, multi-frame)
+and NIfTI (3-D .nii, 4-D .nii.gz)) are made fresh for every case from a seeded generator, then damaged
 (`fuzz_corpus.damage`: a truncation, or byte flips mostly in the first 300 bytes, sometimes both):
 
 - at least 10,000 of them go through vaelab's readers (`fuzz_corpus.READERS`: the image decoder
-  every folder dataset, latent command and upload uses, the IDX reader, the npz reader); each must
+  every folder dataset, latent command and upload uses, the IDX reader, the npz reader, the DICOM
+  and NIfTI readers); each must
   decode, or raise one `DataError` of one line that names the file, and emit no warning;
 - at least 1,000 go to `/api/encode` of a real `vaelab explore` server (uvicorn, over HTTP); each
   must get 200, or a 4xx with a one-line `detail`; no 5xx, no dropped connection, no traceback in
@@ -33,7 +35,7 @@ import pytest
 import torch
 
 from explorer_server import ExploreServer, http_get, multipart
-from fuzz_corpus import READERS, SEEDS, damage
+from fuzz_corpus import HAVE_SCAN_READERS, READERS, SEEDS, damage
 from vaelab.errors import DataError
 
 SCALE = float(os.environ.get("VAELAB_FUZZ_SCALE", "1"))
@@ -170,6 +172,8 @@ def test_damaged_uploads_get_200_or_a_4xx_from_a_real_server(explorer):
 def test_the_corpus_covers_the_documented_formats():
     kinds = {name.split("-")[0] for name in SEEDS}
     assert {"png", "jpeg", "tiff", "bmp", "idx", "npz"} <= kinds
+    if HAVE_SCAN_READERS:  # the medical extra (pydicom, nibabel) is installed
+        assert {"dicom", "nifti"} <= kinds
     assert {"tiff-8bit", "tiff-16bit", "tiff-float32", "tiff-rgb", "png-8bit", "png-16bit"} <= set(SEEDS)
     assert all(seed.kind in READERS for seed in SEEDS.values())
     assert Path(__file__).with_name("fuzz_corpus.py").is_file()

@@ -305,3 +305,23 @@ def test_a_config_file_names_every_unknown_key(tmp_path, capsys):
     assert len(err) == 1
     assert "'model.latent-dim'" in err[0] and "'train.kl_warmup'" in err[0]
     assert "did you mean 'model.latent_dim'" in err[0] and "'train.kl_warmup_epochs'" in err[0]
+
+
+# ---- found by the fuzz test: a constant scan of huge magnitude -----------------------------------------
+
+def test_a_constant_scan_of_huge_magnitude_gets_a_usable_window(tmp_path):
+    """A NIfTI volume whose (damaged) scaling makes every voxel -2.4e24: the per-series window must
+    still have a width (low + 1.0 == low at that magnitude, and 0 / 0 made NaN pixels and a
+    RuntimeWarning line on stderr)."""
+    pytest.importorskip("nibabel")
+    from vaelab.data.medical import robust_window, window_series
+    from vaelab.data.nifti import NiftiUnit
+    from vaelab.data.synthetic_scans import write_nifti
+
+    window = robust_window([np.full(16, -2.4178516e24, np.float32)])
+    assert window.high > window.low
+    path = write_nifti(tmp_path / "constant.nii", np.full((6, 5, 4), -2.4178516392292583e24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, _ = window_series(NiftiUnit(path, path.name, None).slices, None, 8, 1, True)
+    assert images.dtype == np.uint8 and (images == 0).all()  # a constant series is all black
