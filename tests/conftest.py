@@ -34,6 +34,9 @@ def _small_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+    # `vaelab train` turns flush-to-zero on for its process; a run that fails before training
+    # (main() called in-process) leaves it on, and hypothesis then refuses to draw floats.
+    torch.set_flush_denormal(False)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:

@@ -53,9 +53,37 @@ def test_mnist_from_folder_splits(fake_mnist):
     assert (len(data.train), len(data.val), len(data.test)) == (90, 30, 40)
     assert data.train.images.dtype == torch.uint8 and data.train.labels.dtype == torch.int64
     assert data.class_names == [str(d) for d in range(10)]
-    # The split is a partition of the original training images.
-    both = torch.cat([data.train.images, data.val.images]).flatten(1)
-    assert len({tuple(r.tolist()) for r in both}) <= 120
+    # The test split is the t10k file as it is.
+    test_images = read_idx(fake_mnist / "t10k-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(data.test.images[:, 0].numpy(), test_images)
+
+
+def test_train_and_validation_partition_the_training_file(tmp_path):
+    """Every training image lands in exactly one of train / validation, with its own label, and
+    the split is the seeded one (repeatable; another --split-seed gives another)."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (120, 28, 28)).astype(np.uint8)  # random: every image is unique
+    labels = rng.integers(0, 10, 120).astype(np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:10])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:10])
+    index = {images[i].tobytes(): i for i in range(len(images))}
+    assert len(index) == 120
+
+    def rows(split) -> list[int]:
+        found = [index[img[0].numpy().tobytes()] for img in split.images]
+        assert [int(labels[i]) for i in found] == split.labels.tolist()  # each image keeps its label
+        return found
+
+    data = load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25))
+    train, val = rows(data.train), rows(data.val)
+    assert (len(train), len(val)) == (90, 30)
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(120))
+    again = load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25))
+    assert rows(again.val) == val
+    other = load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25, split_seed=1))
+    assert set(rows(other.val)) != set(val)
 
 
 def test_mnist_counts_disagree(tmp_path):

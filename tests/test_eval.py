@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,7 +120,16 @@ def test_evaluate_split_agrees_with_training_elbo_and_binarises_like_it(fake_mni
     assert again["nll"] == dynamic["nll"]  # seeded: repeatable
     assert dynamic["nll"] <= dynamic["neg_elbo"]  # L_30 >= ELBO
     assert dynamic["bits_per_dim"] == pytest.approx(dynamic["nll"] / (784 * math.log(2)))
-    assert dynamic["num_images"] == 40 and dynamic["iw_samples"] == 30 and 0 <= dynamic["active_units"] <= 3
+    assert dynamic["num_images"] == 40 and dynamic["iw_samples"] == 30
+    # Active units, recomputed from the posterior means of the (grey, so deterministic) images with
+    # NumPy: the sample variance of each dimension's mean over the split, against 0.01.
+    with torch.no_grad():
+        means = model.encode(split.images.float() / 255).mean.double().numpy()
+    variances = means.var(axis=0, ddof=1)
+    assert grey["unit_variances"] == pytest.approx(variances.tolist(), rel=1e-3, abs=1e-5)
+    assert grey["active_units"] == int((variances > 0.01).sum())
+    assert dynamic["active_units"] == sum(v > 0.01 for v in dynamic["unit_variances"])
+    assert len(dynamic["unit_variances"]) == 3
 
 
 # ---- end to end through the CLI --------------------------------------------------------------------
@@ -275,3 +285,42 @@ def test_encoder_runs_once_per_image_and_chunking_does_not_change_the_bound():
     # Different chunkings draw different noise (the generator fills each chunk's tensor at once), so
     # the two are independent estimates of the same L_200: they agree to its Monte Carlo error.
     assert abs(float(a.mean() - b.mean())) < 0.2 and torch.allclose(a, b, atol=1.0)
+
+
+def test_fid_follows_its_protocol_on_a_conditional_run(fake_mnist, tmp_path, monkeypatch, capsys):
+    """FID = the Fréchet distance (recomputed here with SciPy's matrix square root) between the
+    classifier features of the split's first min(10000, N) grey images and as many expected
+    images decoded from z ~ N(0, I), conditioned on those real images' labels."""
+    from scipy import linalg
+
+    import vaelab
+    import vaelab.classifier
+    from vaelab.classifier import classifier_features, get_classifier
+    from vaelab.config import DataConfig
+    from vaelab.data import load_data
+    from vaelab.evaluate import generated_samples
+
+    monkeypatch.setattr(vaelab.classifier, "MIN_STEPS", 4)  # a quick classifier: any fixed network defines an FID
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "cache"))
+    run = tmp_path / "cond"
+    _train(fake_mnist, run, "--conditional", "--binarize", "dynamic", "--likelihood", "bernoulli")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iw-samples", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    grey = load_data(DataConfig(dataset="mnist", data_dir=str(fake_mnist)))
+    assert result["fid_samples"] == min(10_000, len(grey.test)) == 40
+
+    model = vaelab.load(run)
+    net, meta = get_classifier(grey, "mnist")  # the cached network the evaluation used
+    assert meta["key"] == result["classifier"] and meta["test_accuracy"] == result["classifier_accuracy"]
+
+    def fid(labels: torch.Tensor) -> float:
+        real = classifier_features(net, grey.test.images.float() / 255).double().numpy()
+        fake = classifier_features(net, generated_samples(model, 40, labels, seed=result["seed"])).double().numpy()
+        mu1, mu2 = real.mean(0), fake.mean(0)
+        s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+        root = linalg.sqrtm(s1 @ s2).real
+        return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+
+    assert result["fid"] == pytest.approx(fid(grey.test.labels), rel=1e-5)
+    assert result["fid"] != pytest.approx(fid(torch.zeros(40, dtype=torch.long)), rel=1e-3)  # the labels matter

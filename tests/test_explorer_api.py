@@ -7,7 +7,6 @@ References are independent of the server code: the model's own encode/decode, sc
 from __future__ import annotations
 
 import io
-import json
 import socket
 from pathlib import Path
 
@@ -430,11 +429,21 @@ def test_explore_cli_errors_are_one_line(runs, tmp_path, capsys):
     assert "--port must be in 0..65535" in capsys.readouterr().err
 
 
-def test_conditional_run_json_contract(cond):
-    # The page relies on these fields; a conditional map carries the labels used for encoding.
+def test_conditional_map_carries_the_labels_it_was_encoded_with(runs, cond):
+    """A conditional model's codes depend on the label: the map's points are the codes of the
+    test images encoded with their own labels (the ones it reports), not with any other."""
     points = cond.get("/api/map").json()
-    assert len(points["x"]) == len(points["y"]) == len(points["labels"]) == 40
-    assert json.loads(json.dumps(points)) == points
+    model, test = model_and_test(runs["cond"])
+    assert len(points["x"]) == len(points["y"]) == 40 and points["labels"] == test.labels.tolist()
+    projection = cond.app.state.session.projection
+    coords = np.c_[points["x"], points["y"]]
+
+    def mapped(labels: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return projection(model.encode(test.images.float() / 255, labels).mean).numpy()
+
+    np.testing.assert_allclose(coords, mapped(test.labels), atol=1e-3)  # the map rounds to 3 decimals
+    assert np.abs(coords - mapped((test.labels + 1) % 10)).max() > 5e-3  # other labels: another map
 
 
 def test_large_splits_are_subsampled_on_the_map_but_served_whole(runs):

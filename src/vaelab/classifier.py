@@ -13,6 +13,7 @@ linear(512→128) ReLU [= the 128-d features used for FID] → linear(128→clas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from torch import nn
 from vaelab.checkpoint import atomic_write_bytes, atomic_write_text
 from vaelab.data.base import ImageData
 from vaelab.data.batches import iterate_batches, to_float
+from vaelab.errors import RunError
 
 CLASSIFIER_VERSION = 1  # bump when the network or its training changes: old caches are ignored
 FEATURE_DIM = 128
@@ -149,7 +151,8 @@ def get_classifier(data: ImageData, dataset_name: str, progress: bool = False) -
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(weights, st_save({k: v.contiguous() for k, v in net.state_dict().items()}))
         atomic_write_text(meta_path, json.dumps(meta, indent=2))
-    except OSError:
-        pass
+    except (OSError, RunError):  # mkdir raises OSError, the atomic writer RunError: use it uncached
+        with contextlib.suppress(OSError):  # weights without their JSON are never read: don't keep them
+            weights.unlink(missing_ok=True)
     meta["key"] = key
     return net, meta

@@ -336,7 +336,14 @@ class RunConfig:
                 f"config version {version} is newer than this vaelab understands ({CONFIG_VERSION}); "
                 "upgrade vaelab to load it"
             )
-        return _build(cls, upgrade_raw(raw), "").validate()
+        problems: list[str] = []  # type errors and unknown keys, collected over every section
+        cfg = _build(cls, upgrade_raw(raw), "", problems)
+        try:
+            cfg.validate()  # the range checks, on the fields that had the right type
+        except ConfigError as exc:
+            problems.append(str(exc))
+        _raise_problems(problems)
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -382,30 +389,40 @@ def upgrade_raw(raw: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def _build(cls: type, raw: dict, prefix: str) -> Any:
-    """Recursively check `raw` against the dataclass `cls` and construct it."""
+def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
+    """Check `raw` against the dataclass `cls` and construct it, recursively.
+
+    Every unknown key and every value of the wrong type is appended to `problems` (not raised),
+    and such a field keeps its default, so one pass names every bad field of every section.
+    """
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     odd = [k for k in raw if not isinstance(k, str)]
     if odd:
-        raise ConfigError(f"config keys must be strings, got {odd[0]!r} in '{prefix.rstrip('.') or 'config'}'")
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}")  # repr: a key may hold anything
+        problems.append(f"config keys must be strings, got {odd[0]!r} in '{prefix.rstrip('.') or 'config'}'")
+    problems += [f"unknown config key {prefix + key!r}"  # repr: a key may hold anything
+                 for key in sorted(k for k in raw if isinstance(k, str) and k not in names)]
     kwargs = {}
-    for name in known & set(raw):
-        kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
+    for name in names:
+        if name in raw:
+            try:
+                kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}", problems)
+            except ConfigError as exc:
+                problems.append(str(exc))
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check one value against its type hint (Literal, Optional, list, dataclass, scalars)."""
+def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    """Check one value against its type hint (Literal, Optional, list, dataclass, scalars).
+
+    A bad value raises ConfigError; a nested dataclass collects its own problems in `problems`.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config '{where}' must be an object")
-        return _build(hint, value, where + ".")
+        return _build(hint, value, where + ".", problems)
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
@@ -415,11 +432,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        return _coerce(value, inner[0], where, problems)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config '{where}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config '{where}' must be true or false, got {value!r}")

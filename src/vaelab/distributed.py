@@ -22,7 +22,10 @@ Only rank 0 writes the run folder (config, metrics, checkpoints, weights, figure
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,11 +33,16 @@ import torch
 from torch import nn
 
 from vaelab.data.batches import shard_rows
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, RunError
 from vaelab.objectives import LossParts
 
 # The collective-communication backend per device type.
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
+# What a collective raises (as a plain RuntimeError) when a peer process has gone away: gloo's TCP
+# transport, and NCCL once its communicator is aborted. Matched to tell "another rank died" apart
+# from a bug, which must keep its traceback.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "NCCL error", "Socket Timeout")
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,51 @@ def first_error(error: Optional[BaseException], ctx: DistContext, device: torch.
         if error is not None:
             raise error
         raise ConfigError("another torchrun process failed to set up (see rank 0's error)")
+
+
+class PeerStopped(RunError):
+    """This rank stopped because another process of the torchrun job did (or torchrun stopped it)."""
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):  # DistBackendError, DistNetworkError, ...
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in PEER_GONE)
+
+
+@contextmanager
+def peer_failures_in_one_line(ctx: Optional[DistContext] = None) -> Iterator[None]:
+    """Under torchrun, make this rank end with one line when another rank fails mid-run.
+
+    The rank that fails prints its own error; the others are waiting in a collective (DDP's
+    gradient all-reduce, the metrics sums), which raises once the failed process's connections
+    close, or they are sent SIGTERM by torchrun first. Both become a `PeerStopped` line instead
+    of a traceback or a silent death. Anything else passes through unchanged.
+    """
+    ctx = ctx if ctx is not None else context_from_env()
+    if not ctx.enabled:
+        yield
+        return
+
+    def stopped(signum, _frame):
+        raise PeerStopped(f"rank {ctx.rank} was stopped by {signal.Signals(signum).name} (torchrun stops every "
+                          "process once one fails; that one's error says why)")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
+    try:
+        yield
+    except BaseException as exc:
+        if main_thread:  # failing anyway: a SIGTERM during the exit must not replace this rank's status and line
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(exc, RuntimeError) and not isinstance(exc, PeerStopped) and _peer_gone(exc):
+            raise PeerStopped(f"rank {ctx.rank} stopped because another torchrun process stopped mid-run "
+                              "(that one's error says why)") from None
+        raise
+    if main_thread:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wrap_ddp(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:

@@ -19,9 +19,11 @@ which PyTorch now marks deprecated but still supports; prefer ONNX for new deplo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -229,21 +231,33 @@ def export_model(model: nn.Module, out_dir: str | Path, fmt: str = "onnx", parts
     for name in parts:
         part = PARTS[name]
         path = out_dir / f"{name}{spec.suffix}"
+        # Written and checked under a hidden name, renamed only once it passes: a file that fails the
+        # check never sits where a user (or an earlier good export) expects a usable one.
+        checking = out_dir / f".{name}.checking{spec.suffix}"
         names = part.inputs if model.conditional else part.inputs[:1]
         trace_inputs = _inputs(model, part, TRACE_BATCH, generator)
         try:
-            spec.write(PARTS[name].graph(model).eval(), trace_inputs, names, part.outputs, path)
-        except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; report one line
-            raise ExportError(f"exporting the {name} to {fmt} failed: {str(exc).strip().splitlines()[0]}") from None
-        # Check on another batch size: proves the batch dimension is dynamic and the numbers match.
-        check_inputs = _inputs(model, part, CHECK_BATCH, generator)
-        with torch.inference_mode():
-            expected = part.reference(model, *check_inputs)
-        got = spec.run(path, dict(zip(names, check_inputs)))
-        diff = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
-        if not diff <= MAX_CHECK_DIFF:
-            raise ExportError(f"the exported {name} differs from vaelab's by {diff:.3g} (> {MAX_CHECK_DIFF}); "
-                              f"not usable: {path}")
+            try:
+                spec.write(PARTS[name].graph(model).eval(), trace_inputs, names, part.outputs, checking)
+            except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; report one line
+                raise ExportError(f"exporting the {name} to {fmt} failed: "
+                                  f"{str(exc).strip().splitlines()[0]}") from None
+            # Check on another batch size: proves the batch dimension is dynamic and the numbers match.
+            check_inputs = _inputs(model, part, CHECK_BATCH, generator)
+            with torch.inference_mode():
+                expected = part.reference(model, *check_inputs)
+            got = spec.run(checking, dict(zip(names, check_inputs)))
+            diff = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
+            if not diff <= MAX_CHECK_DIFF:
+                kept = f"; {path.name} there is unchanged" if path.exists() else ""
+                raise ExportError(f"the exported {name} differs from vaelab's by {diff:.3g} (> {MAX_CHECK_DIFF}), "
+                                  f"so it was not written to {out_dir}{kept}")
+            os.replace(checking, path)
+        except OSError as exc:
+            raise RunError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                checking.unlink(missing_ok=True)
         manifest["files"][path.name] = {
             "part": name, "format": fmt, "how_to_run": spec.how_to_run,
             "inputs": {n: _describe(t) for n, t in zip(names, check_inputs)},

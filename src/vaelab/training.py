@@ -510,8 +510,12 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     """`torch.compile` the per-step loss if it compiles and runs here; otherwise eager, with a warning.
 
     Compilation is lazy (it happens at the first call, the backward graph at the first
-    backward), so a trial forward + backward on the first training batch is run here; its
-    gradients are discarded and the RNG state restored, so the run itself is unaffected.
+    backward), so trial forward + backward passes are run here, one per batch size the loop
+    will see (the full batch and a smaller last one): shapes are compiled static, so each size
+    is its own graph, and a graph that fails to build must fail now, not in the middle of the
+    run (a dynamic-shape recompile for the last batch used to crash there). The trials'
+    gradients are discarded and every RNG they drew from (the CPU's and the training device's)
+    is restored, so the run itself is unaffected.
     """
     import warnings
 
@@ -519,15 +523,23 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     # folder): a second run of the same set-up skips code generation (benchmarks/train_speed.py
     # --arch conv --levers measures both). /tmp, Inductor's default, is emptied on reboot.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "vaelab" / "torch-compile"))
-    b = min(tc.batch_size, len(split))  # the first global batch, unshuffled; our rows of it
-    x, y = next(iterate_batches(split, b, shuffle=False, device=split.images.device, shard=(ctx.rank, ctx.world_size)))
-    y = y if use_labels else None
-    rng = torch.get_rng_state()
+    sizes = [min(tc.batch_size, len(split))]  # global batch sizes; the last batch may be smaller
+    if len(split) > tc.batch_size and len(split) % tc.batch_size:
+        sizes.append(len(split) % tc.batch_size)
+    device = split.images.device
     try:
-        compiled = torch.compile(step_loss)
-        with torch.autocast(**autocast):
-            objective, _ = compiled(x, y, tc.beta, b)
-        objective.backward()
+        import torch._inductor.config as inductor_config
+
+        # fallback_random: the compiled graph draws its noise with ATen's generator, like eager, instead of
+        # Inductor's own RNG, so a compiled run draws the same posterior noise as an eager one.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type), \
+                inductor_config.patch(fallback_random=True):
+            compiled = _TensorBeta(torch.compile(step_loss, dynamic=False))
+            for b in sizes:  # our rows of the first b images, unshuffled
+                x, y = next(iterate_batches(split, b, shuffle=False, device=device, shard=(ctx.rank, ctx.world_size)))
+                with torch.autocast(**autocast):
+                    objective, _ = compiled(x, y if use_labels else None, tc.beta, b)
+                objective.backward()
         return compiled
     except Exception as exc:  # noqa: BLE001 - compiler support varies by platform; eager always works
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -535,4 +547,16 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
         return step_loss
     finally:
         optimizer.zero_grad(set_to_none=True)
-        torch.set_rng_state(rng)
+
+
+class _TensorBeta(torch.nn.Module):
+    """Calls the compiled step with the KL weight as a 0-d tensor: dynamo specialises on Python
+    floats, so under KL warm-up (a new weight every step) each step would compile a new graph."""
+
+    def __init__(self, compiled: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor], beta: float | torch.Tensor,
+                global_batch: int) -> tuple[torch.Tensor, LossParts]:
+        return self.compiled(x, y, torch.as_tensor(beta, dtype=torch.float32, device=x.device), global_batch)

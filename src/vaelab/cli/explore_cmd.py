@@ -46,6 +46,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_host_names(host: str) -> tuple[str, ...]:
+    """The Host header values a server on loopback `host` answers: the usual loopback names plus
+    `host` itself as a browser writes it (IPv6 in brackets, also in its shortest spelling), so
+    `--host 127.0.0.5` works while a DNS-rebinding page (Host: attacker.example) is refused."""
+    bare = host.strip("[]")
+    spellings = [bare]
+    try:
+        spellings.append(str(ipaddress.ip_address(bare)))  # e.g. 0:0:0:0:0:0:0:1 -> ::1
+    except ValueError:
+        pass
+    own = [f"[{name}]" if ":" in name else name for name in spellings]
+    return tuple(dict.fromkeys([*LOOPBACK_NAMES, *own]))
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the listening socket now, so a busy port is one clear error before the model loads."""
     if not 0 <= port <= 65535:
@@ -97,7 +111,7 @@ def run_explore(args: argparse.Namespace) -> int:
     try:
         print(f"loading {args.run} ...", file=sys.stderr)
         app = create_app(args.run, data_dir=args.data_dir, device=device, max_points=args.max_points,
-                         allowed_hosts=LOOPBACK_NAMES if loopback else None)
+                         allowed_hosts=allowed_host_names(args.host) if loopback else None)
         # Everything loaded so far (torch, the model, the data, the map) lives as long as the server:
         # moving it out of the collector's reach keeps full collections from pausing every request
         # at once (~100 ms stalls under load otherwise).

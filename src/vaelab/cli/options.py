@@ -212,6 +212,17 @@ def known_keys() -> list[str]:
 
 def _unknown_key_error(key: str, where: str) -> ConfigError:
     """One line naming the bad key, with the closest real key when there is one."""
+    return _unknown_keys_error([key], where)
+
+
+def _unknown_keys_error(keys: list[str], where: str) -> ConfigError:
+    """One line naming every bad key, each with the closest real key when there is one."""
+    return ConfigError("; ".join(f"unknown config key '{key}' in {where}{_key_hint(key)}" for key in keys)
+                       + "; keys are the fields of [data], [model], [train] (see vaelab config --show)")
+
+
+def _key_hint(key: str) -> str:
+    """' (did you mean 'model.latent_dim'?)' for a misspelt key, else ''."""
     keys = known_keys()
     by_flag = {f.flag.lstrip("-"): f.key for f in TRAIN_FLAGS}
     name = key.rpartition(".")[2]
@@ -221,9 +232,7 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
         close = difflib.get_close_matches(key.replace("-", "_"), keys, n=1, cutoff=0.75)
         close = close or [k for k in keys if k.endswith("." + name.replace("-", "_"))]
         guess = close[0] if close else None
-    hint = f" (did you mean '{guess}'?)" if guess else ""
-    return ConfigError(f"unknown config key '{key}' in {where}{hint}; keys are the fields of [data], [model], "
-                       "[train] (see vaelab config --show)")
+    return f" (did you mean '{guess}'?)" if guess else ""
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -259,9 +268,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     for key in RUN_FACTS:
         flat.pop(key, None)
     allowed = set(known_keys())
-    for key in flat:
-        if key not in allowed:
-            raise _unknown_key_error(key, str(p))
+    unknown = [key for key in flat if key not in allowed]
+    if unknown:  # every unknown key at once, in one line
+        raise _unknown_keys_error(unknown, str(p))
     return flat
 
 

@@ -51,11 +51,13 @@ DEMO_GAUSSIAN_STD = 0.15
 
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
+    from vaelab.distributed import peer_failures_in_one_line
     from vaelab.runtime import flush_denormals
 
-    # On before torch starts worker threads (they inherit it, see vaelab.runtime); off again when
-    # the command ends, also on an error, so an in-process caller of main() keeps IEEE subnormals.
-    with flush_denormals():
+    # Flush-to-zero on before torch starts worker threads (they inherit it, see vaelab.runtime); off
+    # again when the command ends, also on an error, so an in-process caller of main() keeps IEEE
+    # subnormals. Under torchrun a rank that stops because another failed says so in one line.
+    with peer_failures_in_one_line(), flush_denormals():
         return _train(args)
 
 

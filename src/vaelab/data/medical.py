@@ -117,7 +117,9 @@ def robust_window(samples: Sequence[np.ndarray]) -> Window:
     if not high > low:
         low, high = float(pooled.min()), float(pooled.max())
     if not high > low:
-        high = low + 1.0  # a constant series: every slice is empty
+        # A constant series: every slice is empty. The width must survive float64 rounding: at
+        # |low| = 2.4e24 (a damaged header's scaling), low + 1.0 == low, and 0 / 0 gave NaN pixels.
+        high = low + max(1.0, abs(low))
     return Window(low, high)
 
 
