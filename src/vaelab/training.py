@@ -322,6 +322,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 started = time.perf_counter()
                 checkpoint()
         bar.close()
+        end_epoch(model)  # statistics kept over the epoch, e.g. the sigma-VAE's std (likelihoods.OptimalGaussian)
         totals = global_sums(sums)
         extra_totals = extra_sums.totals(ctx)
         if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
@@ -366,6 +367,16 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     return run_dir
 
 
+def end_epoch(model: torch.nn.Module) -> None:
+    """Call `end_epoch()` on every sub-module that has one, after an epoch's last training step
+    (before validation and the end-of-epoch checkpoint): a module that estimates something over
+    the epoch's training batches (the sigma-VAE's std) turns its sums into the estimate."""
+    for module in model.modules():
+        hook = getattr(module, "end_epoch", None)
+        if callable(hook):
+            hook()
+
+
 class ExtraSums:
     """Running sums (x images) of the extra terms an objective reports in `LossParts.extras`
     (e.g. the KL of each latent layer), kept on the device like the main sums; a resumed epoch
@@ -405,6 +416,8 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     x, y = next(iterate_batches(split, b, shuffle=False, device=split.images.device, shard=(ctx.rank, ctx.world_size)))
     y = y if use_labels else None
     rng = torch.get_rng_state()
+    # The trial step must leave no trace: buffers a training-mode forward updates (the sigma-VAE's sums) are put back.
+    buffers = {name: b.clone() for name, b in step_loss.named_buffers()}
     try:
         compiled = torch.compile(step_loss)
         with torch.autocast(**autocast):
@@ -418,3 +431,6 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     finally:
         optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
+        with torch.no_grad():
+            for name, b in step_loss.named_buffers():
+                b.copy_(buffers[name])

@@ -1,6 +1,7 @@
 """The table of training flags: each `--flag` is one dotted config key (also its TOML key).
 
-Precedence, lowest first: dataclass defaults < `--preset` < `--config FILE` < explicit flags.
+Precedence, lowest first: dataclass defaults < the dataset kind's defaults (`presets.DATASET_DEFAULTS`:
+folder and npz data) < `--preset` < `--config FILE` < explicit flags.
 A config file is TOML (`[data]`, `[model]`, `[train]` tables whose keys are the dataclass field
 names, e.g. `[model] latent_dim = 8`) or JSON of the same shape, so a run's own `config.json`
 is a valid config file and `vaelab train --config RUN/config.json` repeats that run.
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig
+from vaelab.config import CONFIG_VERSION, DataConfig, RunConfig, TrainConfig
 from vaelab.errors import ConfigError
-from vaelab.presets import PRESETS
+from vaelab.presets import DATASET_DEFAULTS, PRESETS
 
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
@@ -77,13 +78,23 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--intensity-window", "data.intensity_window", float_pair,
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
          "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
-    Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
-    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
+    Flag("--arch", "model.arch", str, "mlp (the paper's), conv (stride-2 convolutions) or resnet (residual "
+         "blocks; the folder/npz default)", ("mlp", "conv", "resnet")),
+    Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2; folder/npz: 64)"),
+    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels / resnet channels per stage, "
+         "e.g. 512,256"),
+    Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 2)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
-    Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE) or bernoulli (BCE on logits)",
-         ("gaussian", "bernoulli")),
-    Flag("--gaussian-std", "model.gaussian_std", float, "std of the gaussian likelihood (default 1/sqrt(2))"),
+    Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE), bernoulli (BCE on logits), "
+         "logistic (discretized logistic on 8-bit values; the folder/npz default) or logistic-mixture",
+         ("gaussian", "bernoulli", "logistic", "logistic-mixture")),
+    Flag("--gaussian-std", "model.gaussian_std", float,
+         "std of the gaussian likelihood (default 1/sqrt(2)); the starting std when learned"),
+    Flag("--gaussian-variance", "model.gaussian_variance", str,
+         "gaussian std: fixed (--gaussian-std), learned (one per channel, trained) or optimal (the sigma-VAE: "
+         "the MSE in closed form)", ("fixed", "learned", "optimal")),
+    Flag("--mixture-components", "model.mixture_components", int,
+         "logistic-mixture: logistics per pixel (default 10)"),
     Flag("--conditional", "model.conditional", None, "condition encoder and decoder on the label", is_switch=True),
     Flag("--epochs", "train.epochs", int, "passes over the training split"),
     Flag("--batch-size", "train.batch_size", int, "images per step (default 128)"),
@@ -213,8 +224,14 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def with_dataset_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """`flat` settings over the defaults of the dataset kind they name (`presets.DATASET_DEFAULTS`)."""
+    dataset = flat.get("data.dataset", DataConfig().dataset)
+    return {**DATASET_DEFAULTS.get(dataset, {}), **flat} if isinstance(dataset, str) else flat
+
+
 def build_config(preset: Optional[str], config_file: Optional[str], overrides: dict[str, Any]) -> RunConfig:
-    """Defaults < preset < config file < flags -> a validated RunConfig."""
+    """Defaults < the dataset kind's defaults < preset < config file < flags -> a validated RunConfig."""
     merged: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -238,6 +255,7 @@ def build_config(preset: Optional[str], config_file: Optional[str], overrides: d
     if schedule and schedule_epochs and isinstance(epochs, (int, float)) and epochs != schedule_epochs:
         scale = epochs / schedule_epochs
         merged["train.lr_schedule"] = [[length * scale, mult] for length, mult in schedule]
+    merged, without_file = with_dataset_defaults(merged), with_dataset_defaults(without_file)
     try:
         return RunConfig.from_dict(_nest(merged))
     except ConfigError as exc:

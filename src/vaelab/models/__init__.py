@@ -17,6 +17,7 @@ from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
 from vaelab.models.priors import PRIORS
+from vaelab.models.resnet import ResNetDecoder, ResNetEncoder
 from vaelab.models.spec import NetSpec
 
 
@@ -34,6 +35,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "mlp": Architecture(MLPEncoder, MLPDecoder, (512, 256), spatial_dims=(2, 3)),
     "conv": Architecture(ConvEncoder, ConvDecoder, (32, 64, 128)),
+    "resnet": Architecture(ResNetEncoder, ResNetDecoder, (32, 64, 128)),
 }
 
 from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
