@@ -23,6 +23,7 @@ SAMPLES = {
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",
     "--beta": "2.5", "--kl-warmup": "1.5", "--objective": "iwae", "--iw-samples-train": "5", "--grad-clip": "1.0",
     "--checkpoint-every": "50", "--device": "cpu", "--precision": "bf16", "--threads": "2", "--step": "autograd",
+    "--blocks": "3", "--gaussian-variance": "learned", "--mixture-components": "5",
 }
 
 

@@ -295,3 +295,15 @@ def test_gaussian_std_gradients_match_finite_differences(cls):
     mean = torch.rand(3, 3, 2, 2, generator=gen, dtype=torch.float64).requires_grad_(True)
     inputs = (mean, lik.log_std) if cls is LearnedGaussian else (mean,)
     assert torch.autograd.gradcheck(lambda m, *_: lik.log_prob(x, m), inputs)
+
+
+def test_one_std_for_every_channel_is_the_shared_closed_form():
+    """per_channel=False (benchmarks/gaussian_std.py's comparison): one sigma² = the MSE over all channels."""
+    gen = torch.Generator().manual_seed(10)
+    x, mean = torch.rand(4, 3, 5, 5, generator=gen), torch.rand(4, 3, 5, 5, generator=gen)
+    shared = OptimalGaussian(channels=3, per_channel=False).train()
+    mse = (x - mean).square().mean()
+    torch.testing.assert_close(shared.log_prob(x, mean), Normal(mean, mse.sqrt()).log_prob(x).flatten(1).sum(1))
+    learned = LearnedGaussian(gaussian_std=0.2, channels=3, per_channel=False)
+    assert learned.log_std.shape == (1,)
+    torch.testing.assert_close(learned.log_prob(x, mean), Normal(mean, 0.2).log_prob(x).flatten(1).sum(1))

@@ -139,6 +139,23 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     return int((variance > threshold).sum()), variance.float()
 
 
+def _elbo_parts(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], posterior,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """-E_q[log p(x|z)] over ELBO_SAMPLES draws and the KL, (B,) each: in one decode of all draws,
+    or, where they would not fit a chunk (`default_chunk`: large colour images, mixture
+    parameters), in groups of draws whose mean is taken."""
+    chunk = default_chunk(model, x)
+    if chunk >= ELBO_SAMPLES:
+        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=generator)
+        return recon, kl
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, ELBO_SAMPLES, chunk):
+        k = min(chunk, ELBO_SAMPLES - start)
+        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=k, generator=generator)
+        total += recon.double() * k
+    return (total / ELBO_SAMPLES).to(recon.dtype), kl
+
+
 def bits_per_dim_protocol(likelihood, binarized: bool) -> str:
     """How bits/dim is computed for a likelihood on 8-bit data (see the module docstring): 'discrete'
     (exact), 'dequantized' (a bound, for densities) or 'none' (bernoulli on grey values)."""
@@ -196,7 +213,7 @@ def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAM
             posterior = model.encode(x, y)
             # ELBO = E_q[log p(x|z)] - KL(q || p); the expectation over ELBO_SAMPLES draws, the KL
             # in closed form where it exists (else from the same draws): (S, B) -> (B,)
-            recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=sample_gen)
+            recon, kl = _elbo_parts(model, x, y, posterior, sample_gen)
             bound = iwae_bound(model, x, y, iw_samples, posterior, sample_gen)  # (B,)
             x_hat = model.likelihood.mean(model.decode(posterior.mean, y)).float()  # decode(E_q[z]), (B, C, *S)
             deq_bound = torch.zeros_like(bound)

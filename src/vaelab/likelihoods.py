@@ -181,32 +181,39 @@ class Gaussian(Likelihood):
 
 
 class _ChannelVarianceGaussian(Gaussian):
-    """A Gaussian whose variance is one value per image channel, sigma_c² (C,)."""
+    """A Gaussian whose variance is one value per image channel, sigma_c² (C,), or one value for
+    every channel when `per_channel` is False (the variant benchmarks/gaussian_std.py compares)."""
 
-    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3) -> None:
+    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3,
+                 per_channel: bool = True) -> None:
         super().__init__(gaussian_std, event_dims)
         self.channels = channels
+        self.per_channel = per_channel
+        self.groups = channels if per_channel else 1  # how many variances
 
     @classmethod
     def build(cls, cfg: ModelConfig) -> Gaussian:
         return cls(gaussian_std=cfg.gaussian_std, channels=_channels(cfg), event_dims=_event_dims(cfg))
 
     def channel_variance(self) -> torch.Tensor:
-        """sigma_c² used by `log_prob` outside training, (C,)."""
+        """sigma² per group (C,) or (1,), as used by `log_prob` outside training."""
         raise NotImplementedError
 
-    def _channel_squares(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        """Squared errors summed over each channel's pixels: (..., C, *S) -> (..., C)."""
-        sq = (x - param).square()
-        return sq.flatten(-(self.event_dims - 1)).sum(-1)
+    def _group_squares(self, x: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Squared errors summed over each group's values -> ((..., groups), values per group and image)."""
+        sq = (x - param).square().flatten(-(self.event_dims - 1)).sum(-1)  # (..., C)
+        pixels = param.shape[-(self.event_dims - 1):].numel()
+        if not self.per_channel:
+            return sq.sum(-1, keepdim=True), pixels * sq.shape[-1]
+        return sq, pixels
 
-    def _log_prob_with(self, sq: torch.Tensor, variance: torch.Tensor, pixels: int) -> torch.Tensor:
-        """sq (..., C) summed squared errors, variance (C,), pixels per channel -> log p (...)."""
-        return -(sq / (2 * variance)).sum(-1) - pixels * (0.5 * torch.log(2 * math.pi * variance)).sum(-1)
+    def _log_prob_with(self, sq: torch.Tensor, variance: torch.Tensor, values: int) -> torch.Tensor:
+        """sq (..., G) summed squared errors, variance (G,), values per group -> log p (...)."""
+        return -(sq / (2 * variance)).sum(-1) - values * (0.5 * torch.log(2 * math.pi * variance)).sum(-1)
 
     def log_prob(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        pixels = param.shape[-(self.event_dims - 1):].numel()
-        return self._log_prob_with(self._channel_squares(x, param), self.channel_variance(), pixels)
+        sq, values = self._group_squares(x, param)
+        return self._log_prob_with(sq, self.channel_variance(), values)
 
     def pixel_std(self, param: torch.Tensor) -> torch.Tensor:
         std = self.channel_variance().detach().sqrt().to(param.dtype)
@@ -218,9 +225,10 @@ class LearnedGaussian(_ChannelVarianceGaussian):
 
     variance_kind = "learned"
 
-    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3) -> None:
-        super().__init__(gaussian_std, channels, event_dims)
-        self.log_std = nn.Parameter(torch.full((channels,), math.log(gaussian_std)))
+    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3,
+                 per_channel: bool = True) -> None:
+        super().__init__(gaussian_std, channels, event_dims, per_channel)
+        self.log_std = nn.Parameter(torch.full((self.groups,), math.log(gaussian_std)))
 
     def channel_variance(self) -> torch.Tensor:
         return torch.exp(2 * self.log_std.clamp(min=math.log(MIN_STD)))
@@ -241,10 +249,11 @@ class OptimalGaussian(_ChannelVarianceGaussian):
 
     variance_kind = "optimal"
 
-    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3) -> None:
-        super().__init__(gaussian_std, channels, event_dims)
-        self.register_buffer("variance", torch.full((channels,), float(gaussian_std) ** 2))
-        self.register_buffer("sq_sum", torch.zeros(channels, dtype=torch.float64))
+    def __init__(self, gaussian_std: float = 1 / math.sqrt(2), channels: int = 1, event_dims: int = 3,
+                 per_channel: bool = True) -> None:
+        super().__init__(gaussian_std, channels, event_dims, per_channel)
+        self.register_buffer("variance", torch.full((self.groups,), float(gaussian_std) ** 2))
+        self.register_buffer("sq_sum", torch.zeros(self.groups, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     def channel_variance(self) -> torch.Tensor:
@@ -253,15 +262,14 @@ class OptimalGaussian(_ChannelVarianceGaussian):
     def log_prob(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().log_prob(x, param)
-        sq = self._channel_squares(x, param)  # (..., C)
-        pixels = param.shape[-(self.event_dims - 1):].numel()
-        per_channel = sq.reshape(-1, sq.shape[-1]).sum(0)  # (C,) over every image and draw of the batch
-        values = sq.numel() // sq.shape[-1] * pixels  # values per channel in the batch
-        mse = (per_channel / values).clamp(min=MIN_STD**2)  # sigma_c² in closed form
+        sq, values = self._group_squares(x, param)  # (..., G), values per group and image
+        per_group = sq.reshape(-1, sq.shape[-1]).sum(0)  # (G,) over every image and draw of the batch
+        batch_values = sq.numel() // sq.shape[-1] * values  # values per group in the batch
+        mse = (per_group / batch_values).clamp(min=MIN_STD**2)  # sigma² in closed form
         with torch.no_grad():
-            self.sq_sum += per_channel.detach().double()
-            self.count += values
-        return self._log_prob_with(sq, mse, pixels)
+            self.sq_sum += per_group.detach().double()
+            self.count += batch_values
+        return self._log_prob_with(sq, mse, values)
 
     @torch.no_grad()
     def end_epoch(self) -> None:

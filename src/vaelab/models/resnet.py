@@ -81,7 +81,7 @@ class ResNetEncoder(nn.Module):
             if i > 0:  # halve H and W into this stage's channels
                 layers.append(nn.Conv2d(hidden[i - 1], ch, 3, stride=2, padding=1))
             layers += _stage(ch, blocks, act)
-        layers += [group_norm(hidden[-1]), ACTIVATIONS[act](), nn.Conv2d(hidden[-1], BOTTLENECK, 1)]
+        layers += [ACTIVATIONS[act](), nn.Conv2d(hidden[-1], BOTTLENECK, 1)]
         self.convs = nn.Sequential(*layers)
         fh, fw = spatial_sizes(h, w, len(hidden) - 1)[-1]
         self.head = nn.Linear(BOTTLENECK * fh * fw + spec.cond_dim, spec.encoder_out)
@@ -109,7 +109,7 @@ class ResNetDecoder(nn.Module):
             if i > 0:  # back to the previous stage's exact size and channels
                 layers += [nn.Upsample(size=sizes[i - 1], mode="nearest"),
                            nn.Conv2d(hidden[i], hidden[i - 1], 3, padding=1)]
-        layers += [group_norm(hidden[0]), ACTIVATIONS[act](), nn.Conv2d(hidden[0], spec.decoder_channels, 3, padding=1)]
+        layers += [ACTIVATIONS[act](), nn.Conv2d(hidden[0], spec.decoder_channels, 3, padding=1)]
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
