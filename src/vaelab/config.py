@@ -113,7 +113,7 @@ class ModelConfig:
     # Empty = the architecture's default (mlp 512,256; conv 32,64,128; resnet 32,64,128), written
     # out in full when training starts.
     hidden: list[int] = field(default_factory=list)
-    blocks: int = 2  # resnet: residual blocks per stage
+    blocks: int = 1  # resnet: residual blocks per stage (1 keeps a first run on a CPU affordable)
     activation: Activation = "relu"
     likelihood: LikelihoodName = "gaussian"  # gaussian = the paper's MSE criterion
     # Fixed std of the gaussian likelihood (and the starting std of a learned one). 1/sqrt(2) makes

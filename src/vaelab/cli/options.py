@@ -83,7 +83,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2; folder/npz: 64)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels / resnet channels per stage, "
          "e.g. 512,256"),
-    Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 2)"),
+    Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 1)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
     Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE), bernoulli (BCE on logits), "
          "logistic (discretized logistic on 8-bit values; the folder/npz default) or logistic-mixture",
