@@ -362,8 +362,8 @@ def approx_parameters(model: ModelConfig) -> float:
     (resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
     way), plus dense layers between the last feature map
     (each stage halving every spatial size, rounding up; resnet's first stage keeps the full
-    size) and the latent code via a dense width counted as 512, or as wide as the latent's
-    statistics when that is wider.
+    size) and the latent code via a dense width counted as 512 (resnet: its two linear layers
+    between the code and the 32-channel bottleneck, counted exactly).
     """
     if model.image_shape is None:
         return 0.0
@@ -390,9 +390,11 @@ def approx_parameters(model: ModelConfig) -> float:
     feature = list(spatial)
     for _ in hidden[1:] if model.arch == "resnet" else hidden:  # resnet: the first stage keeps the full size
         feature = [math.ceil(f / 2) for f in feature]
-    last = max(hidden[-1], float(RESNET_BOTTLENECK)) if model.arch == "resnet" else hidden[-1]
-    width = max(512.0, 2 * latent + extra)
-    dense = (last * math.prod(feature) + extra + 1) * width + (width + 1) * (2 * latent + extra)
+    if model.arch == "resnet":  # one linear layer each way between the code and the 32-channel bottleneck
+        bottleneck = RESNET_BOTTLENECK * math.prod(feature)
+        dense = (bottleneck + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * bottleneck
+    else:
+        dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (2 * latent + extra)
     return 2.0 * (convs + dense)
 
 
