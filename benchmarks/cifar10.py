@@ -68,6 +68,30 @@ def official_test(folder: Path, n: int, seed: int = 0):
     return Split(torch.from_numpy(images), torch.tensor([labels[i] for i in order]))
 
 
+def train_capped(command: list[str], run: Path, max_minutes: float | None) -> None:
+    """Run `vaelab train` (the `command`); past `max_minutes`, kill it and finish the run at the
+    last completed epoch (`vaelab train --resume RUN --epochs E` writes the weights and figures),
+    so a time budget still ends in a scored run that `--resume --epochs N` can continue."""
+    proc = subprocess.Popen(command)
+    try:
+        proc.wait(timeout=None if max_minutes is None else max_minutes * 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        from vaelab.checkpoint import CHECKPOINT_FILE, checkpoint_position
+
+        if not (run / CHECKPOINT_FILE).is_file():
+            raise SystemExit(f"time limit of {max_minutes} min reached before training started") from None
+        done = max(1, (checkpoint_position(run / CHECKPOINT_FILE) or {}).get("epoch", 0))
+        print(f"time limit of {max_minutes} min reached: the run ends at epoch {done} (finishing it if needed)",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--epochs", str(done),
+                        "--quiet"], check=True)
+        return
+    if proc.returncode:
+        raise SystemExit(f"vaelab train failed with exit code {proc.returncode}")
+
+
 def small_copy(source: Path, target: Path, per_class: int) -> Path:
     """A folder with the first `per_class` images of each class of `source` (for --quick)."""
     for cls in sorted(p for p in source.iterdir() if p.is_dir()):
@@ -105,6 +129,7 @@ def main() -> None:
     p.add_argument("--iw-samples", type=int, default=10, help="K of the bound L_K (default 10)")
     p.add_argument("--batch-size", type=int, default=50, help="test images per batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, help="stop training after this long, at the last whole epoch")
     p.add_argument("--figures", help="write <name>-reconstructions.png and <name>-samples.png here")
     p.add_argument("--quick", action="store_true", help="tiny data, one epoch: a check that the script runs")
     args = p.parse_args()
@@ -131,7 +156,7 @@ def main() -> None:
                        "--out", str(run), "--quiet"]
             print("$ " + " ".join(shlex.quote(c) for c in command[2:]), flush=True)
             started = time.perf_counter()
-            subprocess.run(command, check=True)
+            train_capped(command, run, args.max_minutes)
             print(f"train command: {time.perf_counter() - started:.0f} s wall", flush=True)
         metrics = read_metrics(run / "metrics.jsonl")
         model = vaelab.load(run)

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from cifar10 import cpu_model
+from cifar10 import cpu_model, train_capped
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = next((d / "shared" / "datasets" / "mnist" for d in (REPO.parent, REPO.parent.parent)
@@ -55,6 +54,7 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=10_000, help="test images to score (default all 10,000)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, help="stop training after this long, at the last whole epoch")
     p.add_argument("--quick", action="store_true", help="1 epoch on a few hundred images: a check that it runs")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,7 +93,7 @@ def main() -> None:
                    "--threads", str(args.threads), *TASKS[args.task], *flags, "--out", str(run), "--quiet"]
         print("$ " + " ".join(shlex.quote(c) for c in command[2:]), flush=True)
         started = time.perf_counter()
-        subprocess.run(command, check=True)
+        train_capped(command, run, args.max_minutes)
         print(f"train command: {time.perf_counter() - started:.0f} s wall", flush=True)
     model = vaelab.load(run)
     cfg = model.run_config
