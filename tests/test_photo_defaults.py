@@ -104,3 +104,13 @@ def test_figures_show_a_seeded_random_sample_of_the_test_split(fake_mnist, tmp_p
     expected = image_grid(torch.cat([x, model.reconstruct(x)]), nrow=10)
     drawn = np.asarray(Image.open(run / "figures" / "reconstructions.png").convert("RGB"))
     assert np.array_equal(drawn, expected)
+
+
+def test_the_latent_map_of_a_one_image_split_is_a_plane():
+    """A tiny folder's test split can hold one image; with the photo defaults' 64-d code the latent
+    figure's PCA then has one direction only, and the plane is completed with an orthogonal one."""
+    from vaelab.latent import fit_projection
+
+    projection = fit_projection(torch.randn(1, 64))
+    assert projection.components.shape == (2, 64)
+    torch.testing.assert_close(projection.components @ projection.components.T, torch.eye(2), atol=1e-5, rtol=0)
