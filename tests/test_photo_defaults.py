@@ -1,6 +1,6 @@
-"""What a first run on photographs gets: the folder/npz defaults (resnet, 64-d code, discretized
-logistic) under every explicit setting, the paper's criterion kept for MNIST, digits and --preset
-paper; a default run on colour photos that reconstructs them; figures from a seeded sample, in colour."""
+"""What a first run on photographs gets: the folder/npz defaults (resnet, 64-d code, the sigma-VAE's
+Gaussian) under every explicit setting, the paper's criterion kept for MNIST, digits and --preset
+paper; a default run on colour pictures that reconstructs them; figures from a seeded sample, in colour."""
 
 from __future__ import annotations
 
@@ -23,15 +23,18 @@ def _show(capsys, *argv: str) -> dict:
 @pytest.mark.parametrize("dataset", ["folder", "npz"])
 def test_photo_datasets_get_their_defaults_under_every_explicit_setting(dataset, capsys, tmp_path):
     model = _show(capsys, "--dataset", dataset)["model"]
-    assert (model["arch"], model["latent_dim"], model["likelihood"]) == ("resnet", 64, "logistic")
-    assert set(PHOTO_DEFAULTS) == {"model.arch", "model.latent_dim", "model.likelihood"}
-    given = _show(capsys, "--dataset", dataset, "--arch", "conv", "--likelihood", "gaussian")["model"]
+    assert (model["arch"], model["latent_dim"], model["likelihood"], model["gaussian_variance"]) == \
+        ("resnet", 64, "gaussian", "optimal")
+    assert set(PHOTO_DEFAULTS) == {"model.arch", "model.latent_dim", "model.likelihood", "model.gaussian_variance"}
+    given = _show(capsys, "--dataset", dataset, "--arch", "conv", "--likelihood", "logistic")["model"]
     assert (given["arch"], given["latent_dim"], given["likelihood"], given["gaussian_variance"]) == \
-        ("conv", 64, "gaussian", "fixed")  # what is given wins; the rest stays the kind's default
+        ("conv", 64, "logistic", "fixed")  # what is given wins; the rest stays the kind's default
+    fixed = _show(capsys, "--dataset", dataset, "--gaussian-std", "0.2")["model"]
+    assert (fixed["gaussian_variance"], fixed["gaussian_std"]) == ("fixed", 0.2)  # a std given is a fixed std
     exp = tmp_path / "exp.toml"
     exp.write_text(f'[data]\ndataset = "{dataset}"\n[model]\nlatent_dim = 8\n')
     from_file = _show(capsys, "--config", str(exp))["model"]
-    assert (from_file["arch"], from_file["latent_dim"]) == ("resnet", 8)
+    assert (from_file["arch"], from_file["latent_dim"], from_file["gaussian_variance"]) == ("resnet", 8, "optimal")
 
 
 def test_mnist_digits_and_the_paper_preset_keep_the_papers_criterion(capsys):
@@ -43,22 +46,25 @@ def test_mnist_digits_and_the_paper_preset_keep_the_papers_criterion(capsys):
                 model["gaussian_std"]) == ("mlp", 2, "gaussian", "fixed", defaults["gaussian_std"]), argv
 
 
-def _photos(folder, n: int = 120, size: int = 16, seed: int = 0):
-    """Colour 'photos': a random background colour, a rectangle of another colour, slight noise."""
+def _bars(folder, n: int = 120, seed: int = 0):
+    """Colour pictures with structure the code must carry: a yellow bar on a blue ground at one of
+    six heights (the class, one sub-folder each), with slight noise; 16×16."""
     rng = np.random.default_rng(seed)
-    folder.mkdir()
     for i in range(n):
-        image = np.empty((size, size, 3))
-        image[:] = rng.uniform(0, 255, 3)
-        top, left = rng.integers(0, size - 6, 2)
-        h, w = rng.integers(4, 8, 2)
-        image[top : top + h, left : left + w] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 4, image.shape)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+        k = int(rng.integers(0, 6))
+        (folder / f"c{k}").mkdir(parents=True, exist_ok=True)
+        image = np.empty((16, 16, 3))
+        image[:] = (20, 40, 90)
+        image[2 + 2 * k : 4 + 2 * k, 2:14] = (250, 200, 40)
+        image += rng.normal(0, 3, image.shape)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"c{k}" / f"{i:03d}.png")
 
 
 @pytest.mark.slow
-def test_a_default_run_on_colour_photos_reconstructs_them_in_colour(tmp_path):
+def test_a_default_run_on_colour_pictures_reconstructs_them_in_colour(tmp_path):
+    """With no likelihood flag a folder trains the sigma-VAE: the code carries the picture and the
+    reconstructions beat painting each picture its own mean colour by far; the paper's fixed std
+    on the same data collapses the code and does not."""
     import vaelab
     from vaelab.config import DataConfig
     from vaelab.data import load_data
@@ -66,22 +72,26 @@ def test_a_default_run_on_colour_photos_reconstructs_them_in_colour(tmp_path):
     from vaelab.image_metrics import psnr
     from vaelab.runs import read_metrics
 
-    _photos(tmp_path / "photos")
-    run = tmp_path / "run"
-    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "photos"), "--image-size", "16",
-                 "--channels", "3", "--hidden", "8,16", "--blocks", "1", "--epochs", "8", "--batch-size", "16",
-                 "--threads", "1", "--out", str(run), "--quiet"]) == 0
-    cfg = json.loads((run / "config.json").read_text())["model"]
-    assert (cfg["arch"], cfg["likelihood"], cfg["latent_dim"]) == ("resnet", "logistic", 64)  # resolved and saved
-    last = read_metrics(run / "metrics.jsonl")[-1]
-    assert last["val_kl"] > 20  # the code carries the image: no collapse
-    model = vaelab.load(run)
-    test = load_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "photos"), image_size=16, channels=3)).test
+    _bars(tmp_path / "pictures")
+    test = load_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "pictures"), image_size=16, channels=3)).test
     x = to_float(test.images)
-    flat = x.mean((2, 3), keepdim=True).expand_as(x)  # each image painted its own mean colour
-    assert float(psnr(model.reconstruct(x), x).mean()) > float(psnr(flat, x).mean()) + 3
-    figure = np.asarray(Image.open(run / "figures" / "reconstructions.png").convert("RGB")).astype(int)
-    assert np.abs(figure[..., 0] - figure[..., 1]).max() > 50  # drawn in colour
+    flat = float(psnr(x.mean((2, 3), keepdim=True).expand_as(x), x).mean())  # each picture its own mean colour
+    results = {}
+    for name, extra in (("default", []), ("paper", ["--preset", "paper"])):
+        run = tmp_path / name
+        assert main(["train", *extra, "--dataset", "folder", "--data-dir", str(tmp_path / "pictures"),
+                     "--image-size", "16", "--channels", "3", "--hidden", "8,16", "--epochs", "8", "--batch-size", "8",
+                     "--threads", "1", "--out", str(run), "--quiet"]) == 0
+        results[name] = (read_metrics(run / "metrics.jsonl")[-1]["val_kl"],
+                         float(psnr(vaelab.load(run).reconstruct(x), x).mean()))
+    cfg = json.loads((tmp_path / "default" / "config.json").read_text())["model"]
+    assert (cfg["arch"], cfg["likelihood"], cfg["gaussian_variance"], cfg["latent_dim"]) == \
+        ("resnet", "gaussian", "optimal", 64)  # resolved and saved
+    (kl, sharp), (paper_kl, paper_psnr) = results["default"], results["paper"]
+    assert kl > 20 and sharp > flat + 8, (results, flat)  # the code is used; far sharper than flat colour
+    assert paper_kl < 5 and paper_psnr < flat, (results, flat)  # today's criterion: collapse, a blur
+    figure = np.asarray(Image.open(tmp_path / "default" / "figures" / "reconstructions.png").convert("RGB")).astype(int)
+    assert np.abs(figure[..., 0] - figure[..., 2]).max() > 100  # drawn in colour (yellow on blue)
 
 
 def test_figures_show_a_seeded_random_sample_of_the_test_split(fake_mnist, tmp_path):

@@ -13,10 +13,11 @@ config file and the flags: dataclass defaults < dataset kind < preset < file < f
 values are written to config.json). The fixed-std Gaussian of the paper weighs the
 reconstruction so little against the KL term that on photos the code collapses to a few nats
 and every reconstruction is a blur of the mean colour; an MLP with a 2-D code cannot draw a
-photo either. So these datasets get a ResNet with a 64-d code and the discretized logistic
-likelihood (a calibrated per-pixel scale, learned with the network, and an exact likelihood of
-the 8-bit data: bits/dim comparable with published numbers). digits, mnist and fashion-mnist
-keep the paper's set-up (their printed numbers do not change).
+photo either. So these datasets get a ResNet with a 64-d code and the sigma-VAE's Gaussian
+(`--gaussian-variance optimal`: the std set to the reconstruction error in closed form, which
+balances reconstruction and KL with no weight to tune). The default std applies only where the
+likelihood is the Gaussian and no `--gaussian-std` is given (a std given is a fixed std).
+digits, mnist and fashion-mnist keep the paper's set-up (their printed numbers do not change).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PHOTO_DEFAULTS: dict[str, Any] = {
     "model.arch": "resnet",
     "model.latent_dim": 64,
-    "model.likelihood": "logistic",
+    "model.likelihood": "gaussian",
+    "model.gaussian_variance": "optimal",
 }
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"folder": PHOTO_DEFAULTS, "npz": PHOTO_DEFAULTS}

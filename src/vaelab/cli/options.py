@@ -78,21 +78,21 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--intensity-window", "data.intensity_window", float_pair,
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
          "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's), conv (stride-2 convolutions) or resnet (residual "
-         "blocks; the folder/npz default)", ("mlp", "conv", "resnet")),
+    Flag("--arch", "model.arch", str, "mlp (the paper's; the default), conv (stride-2 convolutions) or resnet "
+         "(residual blocks; the folder/npz default)", ("mlp", "conv", "resnet")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2; folder/npz: 64)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels / resnet channels per stage, "
          "e.g. 512,256"),
     Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 1)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
-    Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE), bernoulli (BCE on logits), "
-         "logistic (discretized logistic on 8-bit values; the folder/npz default) or logistic-mixture",
+    Flag("--likelihood", "model.likelihood", str, "gaussian (the default; the paper's MSE with the fixed std), "
+         "bernoulli (BCE on logits), logistic (discretized logistic on 8-bit values) or logistic-mixture",
          ("gaussian", "bernoulli", "logistic", "logistic-mixture")),
     Flag("--gaussian-std", "model.gaussian_std", float,
          "std of the gaussian likelihood (default 1/sqrt(2)); the starting std when learned"),
     Flag("--gaussian-variance", "model.gaussian_variance", str,
-         "gaussian std: fixed (--gaussian-std), learned (one per channel, trained) or optimal (the sigma-VAE: "
-         "the MSE in closed form)", ("fixed", "learned", "optimal")),
+         "gaussian std: fixed (--gaussian-std; the default), learned (one per channel, trained) or optimal "
+         "(the sigma-VAE: the MSE in closed form; the folder/npz default)", ("fixed", "learned", "optimal")),
     Flag("--mixture-components", "model.mixture_components", int,
          "logistic-mixture: logistics per pixel (default 10)"),
     Flag("--conditional", "model.conditional", None, "condition encoder and decoder on the label", is_switch=True),
@@ -225,9 +225,15 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_dataset_defaults(flat: dict[str, Any]) -> dict[str, Any]:
-    """`flat` settings over the defaults of the dataset kind they name (`presets.DATASET_DEFAULTS`)."""
+    """`flat` settings over the defaults of the dataset kind they name (`presets.DATASET_DEFAULTS`).
+
+    A default `model.gaussian_variance` is only taken for the Gaussian likelihood and without an
+    explicit `model.gaussian_std` (a std given is a fixed std)."""
     dataset = flat.get("data.dataset", DataConfig().dataset)
-    return {**DATASET_DEFAULTS.get(dataset, {}), **flat} if isinstance(dataset, str) else flat
+    defaults = dict(DATASET_DEFAULTS.get(dataset, {})) if isinstance(dataset, str) else {}
+    if flat.get("model.likelihood", defaults.get("model.likelihood")) != "gaussian" or "model.gaussian_std" in flat:
+        defaults.pop("model.gaussian_variance", None)
+    return {**defaults, **flat}
 
 
 def build_config(preset: Optional[str], config_file: Optional[str], overrides: dict[str, Any]) -> RunConfig:
