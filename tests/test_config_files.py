@@ -30,6 +30,7 @@ SAMPLES = {
     "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",
     "--mlflow": "http://127.0.0.1:5000",
     "--slice-axis": "1",
+    "--blocks": "3", "--gaussian-variance": "learned", "--mixture-components": "5",
 }
 # Flags that are only valid next to another setting.
 CONTEXT = {"--momentum": ["--optimizer", "sgd"]}

@@ -124,3 +124,28 @@ def test_step_fused_under_torchrun_is_refused_before_anything_is_written(tmp_pat
     err = capsys.readouterr().err.strip()
     assert code != 0 and "--step fused trains in one process" in err and err.count("\n") == 0
     assert not out.exists()
+
+
+@pytest.mark.parametrize("likelihood, variance", [("gaussian", "learned"), ("gaussian", "optimal"),
+                                                  ("logistic", "fixed"), ("logistic-mixture", "fixed")])
+def test_the_fused_step_is_not_chosen_for_other_likelihoods_or_stds(likelihood, variance):
+    """The step differentiates a Bernoulli or a fixed-std Gaussian only: a learned or sigma-VAE std and
+    the discretized logistics train with autograd, while the default recipe keeps the fused step."""
+    from vaelab.config import fused_step_fits
+
+    default = RunConfig()
+    assert fused_step_fits(default)
+    model, cfg = _model(likelihood=likelihood)
+    cfg.model.gaussian_variance = variance
+    model = VAE(cfg.model)
+    assert not fused_step_fits(cfg) and not supports(model, cfg, 1)
+    assert make_fused_step(model, cfg, 1) is None
+    cfg.train.step = "fused"
+    with pytest.raises(ConfigError, match="--gaussian-variance fixed"):
+        cfg.validate()
+    # The class decides too: a learned-std module is refused even under a config that claims "fixed".
+    learned, lcfg = _model(likelihood="gaussian")
+    lcfg.model.gaussian_variance = "learned"
+    learned = VAE(lcfg.model)
+    lcfg.model.gaussian_variance = "fixed"
+    assert fused_step_fits(lcfg) and not supports(learned, lcfg, 1)

@@ -36,8 +36,11 @@ MAX_PARAMETERS = 2_000_000_000
 
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti"]
 Binarize = Literal["none", "dynamic", "static"]
-ArchName = Literal["mlp", "conv"]
-LikelihoodName = Literal["gaussian", "bernoulli"]
+ArchName = Literal["mlp", "conv", "resnet"]  # models/__init__.py ARCHITECTURES
+LikelihoodName = Literal["gaussian", "bernoulli", "logistic", "logistic-mixture"]  # likelihoods.py LIKELIHOODS
+# How the gaussian likelihood's std is set (likelihoods.py GAUSSIAN_VARIANCES): fixed = gaussian_std;
+# learned = a parameter trained with the network; optimal = the sigma-VAE's closed form (Rybkin et al. 2021).
+GaussianVariance = Literal["fixed", "learned", "optimal"]
 PriorName = Literal["normal"]  # models/priors.py PRIORS
 PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
@@ -51,6 +54,8 @@ OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
 ScheduleName = Literal["constant", "cosine", "step", "plateau", "piecewise"]
 KeepWeights = Literal["last", "best"]
 WeightsKind = Literal["raw", "ema"]
+# Channels of the resnet's last feature map, the one the linear layer to the code sees (models/resnet.py).
+RESNET_BOTTLENECK = 32
 # What the hand-derived step in vaelab.fused covers (checked again there, with the process count).
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
 
@@ -61,7 +66,8 @@ def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
     autograd's hooks). The one test both the config check and the training loop use."""
     return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
             and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal"
-            and cfg.model.likelihood in ("bernoulli", "gaussian")
+            and (cfg.model.likelihood == "bernoulli"
+                 or (cfg.model.likelihood == "gaussian" and cfg.model.gaussian_variance == "fixed"))
             and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
 
 
@@ -126,18 +132,22 @@ class ModelConfig:
 
     arch: ArchName = "mlp"
     latent_dim: int = 2  # size of the latent code z; the paper's Fig. 2 plots a 2-D latent space
-    # mlp: hidden layer widths; conv: channels of the stride-2 convs. Empty = the architecture's
-    # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
+    # mlp: hidden layer widths; conv: channels of the stride-2 convs; resnet: channels per stage.
+    # Empty = the architecture's default (mlp 512,256; conv 32,64,128; resnet 32,64,128), written
+    # out in full when training starts.
     hidden: list[int] = field(default_factory=list)
+    blocks: int = 1  # resnet: residual blocks per stage (1 keeps a first run on a CPU affordable)
     activation: Activation = "relu"
     # conv: "transposed" = stride-2 convs down, one dense layer each side, stride-2 transposed
     # convs up (0.29 M parameters at 32,64,128 / latent 16 / 28×28); "resize" = the layout of
     # config version 1: 256-wide dense layers, nearest-neighbour resize + conv up (1.26 M).
     conv_layout: ConvLayout = "transposed"
     likelihood: LikelihoodName = "gaussian"  # gaussian = the paper's MSE criterion
-    # Fixed std of the gaussian likelihood. 1/sqrt(2) makes -log p(x|z) = sum of squared errors
-    # + a constant, i.e. exactly the paper's summed-MSE criterion.
+    # Fixed std of the gaussian likelihood (and the starting std of a learned one). 1/sqrt(2) makes
+    # -log p(x|z) = sum of squared errors + a constant, i.e. exactly the paper's summed-MSE criterion.
     gaussian_std: float = 1 / math.sqrt(2)
+    gaussian_variance: GaussianVariance = "fixed"
+    mixture_components: int = 10  # logistic-mixture: logistics per pixel (PixelCNN++ uses 10 on CIFAR-10)
     conditional: bool = False  # condition encoder and decoder on the label (CVAE)
     prior: PriorName = "normal"  # p(z): normal = N(0, I)
     posterior: PosteriorName = "diagonal"  # q(z|x): diagonal = a diagonal Gaussian
@@ -158,6 +168,13 @@ class ModelConfig:
             problems.append(f"hidden must be at most 16 sizes in 1..65536, got {self.hidden}")
         if not 0.0 < self.gaussian_std <= 100.0:
             problems.append(f"gaussian_std must be in (0, 100], got {self.gaussian_std}")
+        if not 1 <= self.blocks <= 32:
+            problems.append(f"blocks must be between 1 and 32, got {self.blocks}")
+        if not 1 <= self.mixture_components <= 64:
+            problems.append(f"mixture_components must be between 1 and 64, got {self.mixture_components}")
+        if self.gaussian_variance != "fixed" and self.likelihood != "gaussian":
+            problems.append(f"gaussian_variance {self.gaussian_variance!r} needs --likelihood gaussian "
+                            f"(the likelihood is {self.likelihood!r})")
         if self.image_shape is not None:
             if len(self.image_shape) not in (3, 4) or self.image_shape[0] not in (1, 3) or min(self.image_shape) < 1 \
                     or max(self.image_shape[1:]) > 4096:
@@ -310,7 +327,8 @@ class RunConfig:
             problems.append("weights 'ema' needs train.ema_decay > 0")
         if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
-                            f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
+                            f"{', '.join(FUSED_ACTIVATIONS)}, --likelihood bernoulli or gaussian with "
+                            f"--gaussian-variance fixed, --precision fp32 and no --compile; "
                             f"use --step auto or autograd")
         _raise_problems(problems)
         return self
@@ -465,22 +483,26 @@ def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
 def likelihood_param_channels(model: ModelConfig) -> int:
     """Raw decoder channels per image channel that `model.likelihood` needs (an upper bound for
     likelihoods not listed here; the classes in likelihoods.py hold the exact number)."""
-    return {"bernoulli": 1, "gaussian": 1}.get(model.likelihood, 16)
+    per_channel = {"bernoulli": 1, "gaussian": 1, "logistic": 2, "logistic-mixture": 4 * model.mixture_components}
+    return per_channel.get(model.likelihood, 16)
 
 
 def approx_parameters(model: ModelConfig) -> float:
     """An upper-bound estimate of the model's parameter count, from the config alone (no allocation).
 
     mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
-    4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
-    ways, plus dense layers between the last feature map (each stage halving every spatial size,
-    rounding up) and the latent code via a dense width counted as 512 (directly, for the conv
-    layout "transposed").
+    4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both ways
+    (resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
+    way), plus dense layers between the last feature map (each stage halving every spatial
+    size, rounding up; resnet's first stage keeps the full size) and the latent code via a dense
+    width counted as 512 (directly, for the conv layout "transposed"; resnet: its two linear
+    layers between the code and the 32-channel bottleneck, counted exactly).
     """
     if model.image_shape is None:
         return 0.0
     c, *spatial = (float(v) for v in model.image_shape)
-    hidden = [float(v) for v in model.hidden] or ([512.0, 256.0] if model.arch == "mlp" else [32.0, 64.0, 128.0])
+    defaults = {"mlp": [512.0, 256.0]}
+    hidden = [float(v) for v in model.hidden] or defaults.get(model.arch, [32.0, 64.0, 128.0])
     extra = float(model.num_classes if model.conditional else 0)
     latent = float(model.latent_dim)
     out = c * likelihood_param_channels(model)  # raw decoder channels
@@ -491,12 +513,21 @@ def approx_parameters(model: ModelConfig) -> float:
         return sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
     kernel = 4.0 ** len(spatial)
     channels = [max(c, out), *hidden]
-    convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
+    if model.arch == "resnet":  # per side: 2·blocks convs per stage, the convs between stages, stem/head, 1x1
+        blocks = sum(2 * model.blocks * kernel * (h + 1) * h for h in hidden)
+        between = sum(kernel * (max(a, b) + 1) * max(a, b) for a, b in zip(hidden, hidden[1:]))
+        edges = kernel * (hidden[0] + 1) * max(c, out) + (hidden[-1] + 1) * RESNET_BOTTLENECK
+        convs = 2.0 * (blocks + between + edges)
+    else:
+        convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
     feature = list(spatial)
-    for _ in hidden:
+    for _ in hidden[1:] if model.arch == "resnet" else hidden:  # resnet: the first stage keeps the full size
         feature = [math.ceil(f / 2) for f in feature]
     flat = hidden[-1] * math.prod(feature)
-    if model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
+    if model.arch == "resnet":  # one linear layer each way between the code and the 32-channel bottleneck
+        bottleneck = RESNET_BOTTLENECK * math.prod(feature)
+        dense = (bottleneck + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * bottleneck
+    elif model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
         dense = (flat + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * flat
     else:
         dense = (flat + extra + 1) * 512 + 513 * (2 * latent + extra)

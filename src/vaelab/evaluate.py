@@ -4,7 +4,8 @@
 - `iwae_bound`: L_K(x) = log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x) (Burda et al. 2015),
   per image, with the log-sum-exp accumulated over chunks of K so any K fits in memory.
 - `evaluate_split`: one pass over a split giving neg_elbo (recon + kl), nll = -L_K,
-  bits_per_dim and active_units; `evaluate_model` adds the classifier-based FID and
+  bits_per_dim, active_units, and psnr / ssim of the reconstructions decode(E_q[z]) against the
+  inputs (vaelab.image_metrics); `evaluate_model` adds the classifier-based FID and
   reconstruction accuracy (see `classifier.py`, `fid.py`).
 
 Speed (benchmarks/eval_speed.py): the encoder runs once per image and its posterior serves all
@@ -12,6 +13,15 @@ K draws; each chunk decodes k draws of every image of the batch in one call (k·
 decoder runs under `torch.inference_mode`, in `decoder_precision` (bfloat16 only where the
 hardware has it and it keeps L_K within 0.05 nats of float32, tests/test_eval.py), and a loaded
 conv model has channels-last weights on a CPU (`vaelab.models.use_fast_memory_format`).
+Bits per dimension (`bits_per_dim_protocol`): every dataset is 8-bit (uint8 pixels k, shown to
+the model as k/255). For a discrete likelihood (logistic, logistic-mixture; bernoulli on
+binarised data) -L_K is a bound on -log P(x) of the data itself, so bits/dim = nll / (D ln 2),
+D = values per image. A Gaussian is a density on [0, 1]: the standard uniform-dequantization
+bound (Theis et al. 2016; Ho et al. 2019) scores y = (k + u)/256, u ~ U[0, 1)^D, i.e. x + u with
+x = k/256 and u ~ U[0, 1/256)^D: -log P(k) <= E_u[-log p(y)] + D·log 256 for the discrete model
+P(k) = the density's mass over k's cube, so bits/dim <= (-L_K(y) + D ln 256) / (D ln 2), a bound
+(labelled so in eval.json and the table). A bernoulli decoder on grey values is not a likelihood
+of the data: no bits/dim.
 
 All functions fix their own random seed inside `torch.random.fork_rng`, so evaluating never
 disturbs the training RNG (a resumed run stays bit-identical) and repeated evaluations of the
@@ -53,7 +63,15 @@ CHUNK_SAMPLES = {"cpu": 2048, "cuda": 65536}
 # else float32; "fp32" / "bf16" force one. The likelihood is always evaluated in float32.
 DecoderPrecision = Literal["auto", "fp32", "bf16"]
 DENSITY_NOTE = ("gaussian likelihood: a density on [0, 1] pixel values, not comparable with "
-                "discrete-data (binarised MNIST) likelihoods")
+                "discrete-data (binarised MNIST) likelihoods; bits_per_dim is the dequantization bound")
+# bits_per_dim_protocol -> (bits_per_dim_kind in eval.json, what it means)
+BITS_PER_DIM_PROTOCOLS = {
+    "discrete": ("exact", "-L_K / (D ln 2): the model's discrete log-likelihood of the 8-bit data"),
+    "dequantized": ("bound", "upper bound by uniform dequantization: (-L_K(x + u) + D ln 256) / (D ln 2), "
+                             "x = k/256, u ~ U[0, 1/256)^D"),
+    "none": (None, "a bernoulli decoder on grey values is not a likelihood of the data (train with "
+                   "--binarize dynamic, or a logistic likelihood)"),
+}
 
 
 def _devices(device: torch.device) -> list[torch.device]:
@@ -138,19 +156,26 @@ def decoder_precision(model: VAE, precision: str) -> Iterator[None]:
             decoder.forward = own
 
 
+def default_chunk(model: VAE, x: torch.Tensor) -> int:
+    """Importance samples per chunk for a batch x: `chunk_samples` decodings of an MNIST-sized
+    output (784 values) in all, fewer for larger outputs (a colour image's mixture parameters)."""
+    values = math.prod(model.image_shape) * model.likelihood.param_channels  # decoder outputs per decoding
+    samples = chunk_samples(model, x.device) * 784 // max(values, 784)
+    return max(1, samples // x.shape[0])
+
+
 def iwae_bound(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int, posterior=None,
                generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """L_K per image (Burda et al. 2015): x (B, C, H, W) -> (B,), K = `num_samples`, in nats.
 
-    Draws K samples in chunks of `chunk_size` (default `chunk_samples(model, device)` // B) so memory
-    does not grow with K; each chunk decodes its k draws of all B images in one call. The encoder
-    is not run again: `posterior` (computed here if not given) serves every chunk. L_1 is an
-    unbiased estimate of the ELBO; E[L_K] increases with K towards log p(x).
+    Draws K samples in chunks of `chunk_size` (default `default_chunk`) so memory does not grow
+    with K; each chunk decodes its k draws of all B images in one call. The encoder is not run
+    again: `posterior` (computed here if not given) serves every chunk. L_1 is an unbiased
+    estimate of the ELBO; E[L_K] increases with K towards log p(x).
     """
     if posterior is None:
         posterior = model.encode(x, y)
-    batch = x.shape[0]
-    chunk = chunk_size or max(1, chunk_samples(model, x.device) // batch)
+    chunk = chunk_size or default_chunk(model, x)
 
     def chunks() -> Iterator[torch.Tensor]:
         for start in range(0, num_samples, chunk):
@@ -169,32 +194,72 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     return int((variance > threshold).sum()), variance.float()
 
 
+def _elbo_parts(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], posterior,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """-E_q[log p(x|z)] over ELBO_SAMPLES draws and the KL, (B,) each: in one decode of all draws,
+    or, where they would not fit a chunk (`default_chunk`: large colour images, mixture
+    parameters), in groups of draws whose mean is taken."""
+    chunk = default_chunk(model, x)
+    if chunk >= ELBO_SAMPLES:
+        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=generator)
+        return recon, kl
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, ELBO_SAMPLES, chunk):
+        k = min(chunk, ELBO_SAMPLES - start)
+        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=k, generator=generator)
+        total += recon.double() * k
+    return (total / ELBO_SAMPLES).to(recon.dtype), kl
+
+
+def bits_per_dim_protocol(likelihood, binarized: bool) -> str:
+    """How bits/dim is computed for a likelihood on 8-bit data (see the module docstring): 'discrete'
+    (exact), 'dequantized' (a bound, for densities) or 'none' (bernoulli on grey values)."""
+    if not likelihood.discrete:
+        return "dequantized"
+    return "discrete" if likelihood.levels >= 256 or binarized else "none"
+
+
+def dequantize(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """8-bit images x = k/255 -> y = (k + u)/256 with u ~ U[0, 1) per value: the uniform dequantization."""
+    k = torch.round(x * 255)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (k + u) / 256
+
+
 @torch.inference_mode()
 def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100,
-                   dynamic_binarize: bool = False, seed: int = EVAL_SEED, progress: bool = False,
-                   precision: DecoderPrecision = "auto") -> dict[str, Any]:
-    """One pass over `split`: neg_elbo (recon + kl), nll = -L_K, bits_per_dim, active_units.
+                   dynamic_binarize: bool = False, binarized: Optional[bool] = None, seed: int = EVAL_SEED,
+                   progress: bool = False, precision: DecoderPrecision = "auto") -> dict[str, Any]:
+    """One pass over `split`: neg_elbo (recon + kl), nll = -L_K, bits_per_dim, active_units, psnr, ssim.
 
     Every statistic of an image is computed from the same (binarised) copy of it. Returns
     per-image means in nats; `nll_std_error` is the standard error of the mean over images;
     `decoder_precision` the precision the decoder ran in (see `decoder_precision`).
+    `binarized` says the images are binary (default: `dynamic_binarize`; pass True for a static
+    binarisation), which decides what bits/dim means for a bernoulli decoder. For a density
+    (gaussian), a second bound L_K of the dequantized images gives `nll_dequantized` and the bits/dim
+    bound. `psnr` (dB, peak 1) and `ssim` (Wang et al. 2004, Gaussian window sigma 1.5) are the means
+    over images of decode(E_q[z]) against the inputs.
     """
     device = model.device
     precision = resolve_precision(precision, device)
     with decoder_precision(model, precision):
-        result = _evaluate_split(model, split, iw_samples, batch_size, dynamic_binarize, seed, progress)
+        result = _evaluate_split(model, split, iw_samples, batch_size, dynamic_binarize, binarized, seed, progress)
     result["decoder_precision"] = precision
     return result
 
 
-def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, dynamic_binarize: bool, seed: int,
-                    progress: bool) -> dict[str, Any]:
+def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, dynamic_binarize: bool,
+                    binarized: Optional[bool], seed: int, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
+
+    from vaelab.image_metrics import psnr, ssim
 
     device = model.device
     use_labels = model.conditional
     pixels = math.prod(model.image_shape)
-    sums = torch.zeros(3, dtype=torch.float64)  # recon, kl, L_K
+    protocol = bits_per_dim_protocol(model.likelihood, dynamic_binarize if binarized is None else binarized)
+    sums = torch.zeros(6, dtype=torch.float64)  # recon, kl, L_K, L_K of the dequantized images, psnr, ssim
     sq_bound = 0.0
     means: list[torch.Tensor] = []
     count = 0
@@ -205,23 +270,36 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
         torch.manual_seed(seed)
         data_gen = torch.Generator().manual_seed(seed)  # binarisation of the split
         sample_gen = torch.Generator(device=device).manual_seed(seed + 1)  # posterior draws
+        # The dequantization bound's noise and draws: their own generators, so the other numbers
+        # are the same with and without it.
+        noise_gen = torch.Generator(device=device).manual_seed(seed + 3)
         for x, y in iterate_batches(split, batch_size, shuffle=False, generator=data_gen,
                                     dynamic_binarize=dynamic_binarize, device=device):
             y = y if use_labels else None
             posterior = model.encode(x, y)
             # ELBO = E_q[log p(x|z)] - KL(q || p); the expectation over ELBO_SAMPLES draws, the KL
             # in closed form where it exists (else from the same draws): (S, B) -> (B,)
-            recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=sample_gen)
+            recon, kl = _elbo_parts(model, x, y, posterior, sample_gen)
             bound = iwae_bound(model, x, y, iw_samples, posterior, sample_gen)  # (B,)
-            sums += torch.stack([recon.sum(), kl.sum(), bound.sum()]).double().cpu()
+            x_hat = model.likelihood.mean(model.decode(posterior.mean, y)).float()  # decode(E_q[z]), (B, C, *S)
+            deq_bound = torch.zeros_like(bound)
+            if protocol == "dequantized":
+                x_deq = dequantize(x, noise_gen)
+                deq_bound = iwae_bound(model, x_deq, y, iw_samples, generator=noise_gen)  # (B,)
+            sums += torch.stack([recon.sum(), kl.sum(), bound.sum(), deq_bound.sum(),
+                                 psnr(x_hat, x).sum(), ssim(x_hat, x).sum()]).double().cpu()
             sq_bound += float(bound.double().square().sum())
             means.append(posterior.mean.float().cpu())
             count += x.shape[0]
             bar.update(x.shape[0])
     bar.close()
-    recon_mean, kl_mean, bound_mean = (sums / max(count, 1)).tolist()
+    recon_mean, kl_mean, bound_mean, deq_mean, psnr_mean, ssim_mean = (sums / max(count, 1)).tolist()
     variance = max(sq_bound / max(count, 1) - bound_mean**2, 0.0)
     n_active, unit_variance = active_units(torch.cat(means))
+    kind, meaning = BITS_PER_DIM_PROTOCOLS[protocol]
+    bits = {"discrete": -bound_mean / (pixels * math.log(2)),
+            "dequantized": (-deq_mean + pixels * math.log(256)) / (pixels * math.log(2)),
+            "none": None}[protocol]
     result: dict[str, Any] = {
         "num_images": count,
         "neg_elbo": recon_mean + kl_mean,
@@ -230,7 +308,12 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
         "nll": -bound_mean,
         "nll_std_error": math.sqrt(variance / max(count - 1, 1)),
         "iw_samples": iw_samples,
-        "bits_per_dim": -bound_mean / (pixels * math.log(2)),
+        "bits_per_dim": bits,
+        "bits_per_dim_kind": kind,
+        "bits_per_dim_note": meaning,
+        "nll_dequantized": -deq_mean if protocol == "dequantized" else None,
+        "psnr": psnr_mean,
+        "ssim": ssim_mean,
         "active_units": n_active,
         "latent_dim": int(model.latent_dim),
         "unit_variances": [round(v, 5) for v in unit_variance.tolist()],
@@ -284,7 +367,8 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
     result: dict[str, Any] = {"split": split_name, "dataset": cfg.data.dataset, "binarize": cfg.data.binarize,
                               "likelihood": cfg.model.likelihood}
     result.update(evaluate_split(model, split, iw_samples=iw_samples, batch_size=batch_size,
-                                 dynamic_binarize=dynamic, seed=seed, progress=progress, precision=precision))
+                                 dynamic_binarize=dynamic, binarized=cfg.data.binarize != "none", seed=seed,
+                                 progress=progress, precision=precision))
     result["note"] = None if model.likelihood.discrete else DENSITY_NOTE
     result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None)
     grey = grey_data if grey_data is not None else data

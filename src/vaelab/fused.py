@@ -24,7 +24,7 @@ ATen's fused backward kernels (`threshold_backward`, `tanh_backward`).
 
 Measured on the MNIST recipe (benchmarks/train_speed.py): about 15% less time per step than
 autograd on 2 CPU cores. `supports(...)` says whether a set-up fits (mlp encoder and decoder,
-relu/tanh/elu, bernoulli or gaussian, objective elbo, float32, one process); otherwise training
+relu/tanh/elu, bernoulli or a fixed-std gaussian, objective elbo, float32, one process); otherwise training
 uses autograd (`--step auto`, the default, decides; `--step autograd` forces it).
 """
 
@@ -65,6 +65,8 @@ def supports(model: nn.Module, cfg: RunConfig, world_size: int) -> bool:
             and isinstance(getattr(model, "decoder", None), MLPDecoder)
             and isinstance(getattr(model, "posterior_head", None), DiagonalHead)
             and isinstance(getattr(model, "prior", None), StandardNormal)
+            # exactly these two classes: not a learned or sigma-VAE std (subclasses of Gaussian)
+            # nor any other likelihood
             and type(model.likelihood) in (Bernoulli, Gaussian))
 
 

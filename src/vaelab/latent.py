@@ -95,6 +95,9 @@ def fit_projection(means: torch.Tensor) -> Projection:
     # SVD of the centred data: rows of vh are the principal directions, largest first.
     _, _, vh = torch.linalg.svd(means - center, full_matrices=False)
     comps = vh[:2]
+    if comps.shape[0] < 2:  # a single image has one direction at most: complete the plane with an orthogonal one
+        basis, _ = torch.linalg.qr(torch.cat([comps, torch.eye(d, dtype=comps.dtype)]).T)  # (D, D), first = comps
+        comps = basis[:, :2].T
     # Fix the sign so the projection is deterministic across runs of the SVD.
     signs = torch.sign(comps[torch.arange(2), comps.abs().argmax(1)])
     return Projection(center, comps * signs[:, None])

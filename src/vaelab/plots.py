@@ -196,10 +196,21 @@ def labelled_grid(images: torch.Tensor, nrow: int, path: str | Path, row_labels:
     return Path(path)
 
 
+def figure_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """Which of a split's `n_total` images a figure shows: min(n, n_total) indices drawn at random
+    without replacement with their own generator seeded by `seed` (the run's seed), so a split
+    sorted by class (a folder of class sub-folders) is not shown as its first class only."""
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return order[: min(n, n_total)]
+
+
 @torch.inference_mode()
 def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
                       seed: int = 0) -> list[Path]:
-    """Write every standard figure of a run into RUN/figures/."""
+    """Write every standard figure of a run into RUN/figures/.
+
+    reconstructions.png shows `n_recon` test images picked by `figure_indices(..., seed)` above
+    their reconstructions; grey images are drawn grey, colour images in colour."""
     from vaelab.data.batches import to_float
     from vaelab.latent import encode_split, fit_projection
 
@@ -211,9 +222,9 @@ def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon:
     projection = fit_projection(encoded.mean)
     written = [latent_figure(encoded, projection, fig_dir / "latent.png", data.class_names),
                latent_hist_figure(encoded, fig_dir / "latent_hist.png", generator=gen)]
-    n = min(n_recon, len(test))
-    x = to_float(test.images[:n]).to(model.device)
-    y = None if test.labels is None else test.labels[:n].to(model.device)
+    idx = figure_indices(len(test), n_recon, seed)  # a seeded random sample, not the first images
+    x = to_float(test.images[idx]).to(model.device)
+    y = None if test.labels is None else test.labels[idx].to(model.device)
     written.append(reconstruction_figure(x, model.reconstruct(x, y if model.conditional else None),
                                          fig_dir / "reconstructions.png"))
     y_s = None

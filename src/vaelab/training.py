@@ -408,6 +408,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         bar.refresh()  # draw the full count: updates between refreshes are not drawn
         bar.close()
         lr = schedule.lr(epoch, state["step"])  # the rate of the epoch's last step (before plateau decays)
+        end_epoch(model)  # statistics kept over the epoch, e.g. the sigma-VAE's std (likelihoods.OptimalGaussian)
         totals = global_sums(sums)
         extra_totals = extra_sums.totals(ctx)
         if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
@@ -478,6 +479,14 @@ def _check_resumable(path: Path, state: dict[str, Any], extra: dict[str, torch.T
 def format_seconds(seconds: float) -> str:
     """'2.3s', or '12ms' below 0.05 s (where one decimal of a second would read 0.0s)."""
     return f"{seconds * 1000:.0f}ms" if seconds < 0.05 else f"{seconds:.1f}s"
+def end_epoch(model: torch.nn.Module) -> None:
+    """Call `end_epoch()` on every sub-module that has one, after an epoch's last training step
+    (before validation and the end-of-epoch checkpoint): a module that estimates something over
+    the epoch's training batches (the sigma-VAE's std) turns its sums into the estimate."""
+    for module in model.modules():
+        hook = getattr(module, "end_epoch", None)
+        if callable(hook):
+            hook()
 
 
 class ExtraSums:
@@ -527,6 +536,8 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
     if len(split) > tc.batch_size and len(split) % tc.batch_size:
         sizes.append(len(split) % tc.batch_size)
     device = split.images.device
+    # The trial steps must leave no trace: buffers a training-mode forward updates (the sigma-VAE's sums) are put back.
+    buffers = {name: b.clone() for name, b in step_loss.named_buffers()}
     try:
         import torch._inductor.config as inductor_config
 
@@ -547,6 +558,9 @@ def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autoca
         return step_loss
     finally:
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in step_loss.named_buffers():
+                b.copy_(buffers[name])
 
 
 class _TensorBeta(torch.nn.Module):

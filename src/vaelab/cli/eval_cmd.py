@@ -1,4 +1,4 @@
-"""`vaelab eval RUN`: likelihood bound, ELBO, active units, FID and reconstruction accuracy.
+"""`vaelab eval RUN`: likelihood bound, ELBO, bits/dim, PSNR/SSIM, active units, FID and reconstruction accuracy.
 
 Prints a short table (or JSON with --json) and writes RUN/eval.json. The protocol is in
 `vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID).
@@ -23,7 +23,8 @@ WEIGHTS_FILE = "model.safetensors"  # vaelab.checkpoint.WEIGHTS_FILE (not import
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommand(s) to the `vaelab` parser."""
-    p = sub.add_parser("eval", help="evaluate a trained run: L_K likelihood bound, ELBO, active units, FID",
+    p = sub.add_parser("eval", help="evaluate a trained run: L_K likelihood bound, ELBO, bits/dim, PSNR/SSIM, "
+                                    "active units, FID",
                        description="Evaluate RUN over a whole split and write RUN/eval.json.")
     p.add_argument("run", metavar="RUN", help="a run folder written by vaelab train")
     p.add_argument("--split", default="test", help="test (default) or val")
@@ -113,13 +114,23 @@ def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, i
     return 0
 
 
+def _bits_text(r: dict[str, Any]) -> str:
+    """The bits/dim row: the number and whether it is exact or a bound (see vaelab.evaluate)."""
+    if r["bits_per_dim"] is None:
+        return f"-  ({r['bits_per_dim_note']})"
+    label = {"exact": "exact", "bound": "UPPER BOUND"}[r["bits_per_dim_kind"]]
+    return f"{r['bits_per_dim']:.4f} {label}: {r['bits_per_dim_note']}"
+
+
 def format_result(r: dict[str, Any]) -> str:
     """The human-readable table printed by `vaelab eval`."""
     unit = "nats (density)" if r["note"] else "nats"
     rows = [
         (f"nll (-L_{r['iw_samples']})", f"{r['nll']:.3f} {unit} per image (± {r['nll_std_error']:.3f} s.e.)"),
-        ("bits_per_dim", f"{r['bits_per_dim']:.4f}"),
+        ("bits_per_dim", _bits_text(r)),
         ("neg_elbo", f"{r['neg_elbo']:.3f} {unit} (recon {r['recon']:.3f} + kl {r['kl']:.3f})"),
+        ("psnr", f"{r['psnr']:.2f} dB (decode(E_q[z]) vs inputs, mean over images, peak 1)"),
+        ("ssim", f"{r['ssim']:.4f} (Wang et al. 2004, Gaussian window sigma 1.5, mean over images)"),
         ("active_units", f"{r['active_units']} of {r['latent_dim']} (posterior-mean variance > 0.01)"),
     ]
     if r["fid"] is not None:

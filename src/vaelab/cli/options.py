@@ -1,6 +1,7 @@
 """The table of training flags: each `--flag` is one dotted config key (also its TOML key).
 
-Precedence, lowest first: dataclass defaults < `--preset` < `--config FILE` < explicit flags.
+Precedence, lowest first: dataclass defaults < the dataset kind's defaults (`presets.DATASET_DEFAULTS`:
+folder and npz data) < `--preset` < `--config FILE` < explicit flags.
 A config file is TOML (`[data]`, `[model]`, `[train]` tables whose keys are the dataclass field
 names, e.g. `[model] latent_dim = 8`) or JSON of the same shape, so a run's own `config.json`
 is a valid config file and `vaelab train --config RUN/config.json` repeats that run.
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig, upgrade_raw
+from vaelab.config import CONFIG_VERSION, DataConfig, RunConfig, TrainConfig, upgrade_raw
 from vaelab.errors import ConfigError
-from vaelab.presets import PRESETS
+from vaelab.presets import DATASET_DEFAULTS, PRESETS
 
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
@@ -108,17 +109,27 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--train-classes", "data.train_classes", int_list,
          "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
          "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
+    Flag("--arch", "model.arch", str, "mlp (the paper's; the default), conv (stride-2 convolutions) or resnet "
+         "(residual blocks; the folder/npz default)", ("mlp", "conv", "resnet")),
     Flag("--conv-layout", "model.conv_layout", str,
          "conv: transposed (default: strided convs down, transposed convs up, 0.29 M parameters at 28×28) or "
          "resize (the layout of runs with config version 1: 256-wide dense layers, resize + conv up, 1.26 M)",
          ("transposed", "resize")),
-    Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
-    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
+    Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2; folder/npz: 64)"),
+    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels / resnet channels per stage, "
+         "e.g. 512,256"),
+    Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 1)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
-    Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE) or bernoulli (BCE on logits)",
-         ("gaussian", "bernoulli")),
-    Flag("--gaussian-std", "model.gaussian_std", float, "std of the gaussian likelihood (default 1/sqrt(2))"),
+    Flag("--likelihood", "model.likelihood", str, "gaussian (the default; the paper's MSE with the fixed std), "
+         "bernoulli (BCE on logits), logistic (discretized logistic on 8-bit values) or logistic-mixture",
+         ("gaussian", "bernoulli", "logistic", "logistic-mixture")),
+    Flag("--gaussian-std", "model.gaussian_std", float,
+         "std of the gaussian likelihood (default 1/sqrt(2)); the starting std when learned"),
+    Flag("--gaussian-variance", "model.gaussian_variance", str,
+         "gaussian std: fixed (--gaussian-std; the default), learned (one per channel, trained) or optimal "
+         "(the sigma-VAE: the MSE in closed form; the folder/npz default)", ("fixed", "learned", "optimal")),
+    Flag("--mixture-components", "model.mixture_components", int,
+         "logistic-mixture: logistics per pixel (default 10)"),
     Flag("--conditional", "model.conditional", None, "condition encoder and decoder on the label", is_switch=True),
     Flag("--epochs", "train.epochs", int, "passes over the training split"),
     Flag("--batch-size", "train.batch_size", int, "images per step (default 128)"),
@@ -284,8 +295,20 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def with_dataset_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """`flat` settings over the defaults of the dataset kind they name (`presets.DATASET_DEFAULTS`).
+
+    A default `model.gaussian_variance` is only taken for the Gaussian likelihood and without an
+    explicit `model.gaussian_std` (a std given is a fixed std)."""
+    dataset = flat.get("data.dataset", DataConfig().dataset)
+    defaults = dict(DATASET_DEFAULTS.get(dataset, {})) if isinstance(dataset, str) else {}
+    if flat.get("model.likelihood", defaults.get("model.likelihood")) != "gaussian" or "model.gaussian_std" in flat:
+        defaults.pop("model.gaussian_variance", None)
+    return {**defaults, **flat}
+
+
 def build_config(preset: Optional[str], config_file: Optional[str], overrides: dict[str, Any]) -> RunConfig:
-    """Defaults < preset < config file < flags -> a validated RunConfig.
+    """Defaults < the dataset kind's defaults < preset < config file < flags -> a validated RunConfig.
 
     Two rules tie the schedule keys of the layers together: piecewise segments (`lr_segments`)
     given in a layer above the one choosing `lr_schedule` select `piecewise`, and a layer that
@@ -303,6 +326,7 @@ def build_config(preset: Optional[str], config_file: Optional[str], overrides: d
     layers.append(dict(overrides))
     merged = _merge_schedule_layers(layers)
     without_file = _merge_schedule_layers([layer for layer in layers if layer is not from_file])
+    merged, without_file = with_dataset_defaults(merged), with_dataset_defaults(without_file)
     try:
         return RunConfig.from_dict(_nest(merged))
     except ConfigError as exc:

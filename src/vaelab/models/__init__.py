@@ -18,6 +18,7 @@ from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
 from vaelab.models.priors import PRIORS
+from vaelab.models.resnet import ResNetDecoder, ResNetEncoder
 from vaelab.models.spec import NetSpec
 
 
@@ -35,6 +36,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "mlp": Architecture(MLPEncoder, MLPDecoder, (512, 256), spatial_dims=(2, 3)),
     "conv": Architecture(ConvEncoder, ConvDecoder, (32, 64, 128)),
+    "resnet": Architecture(ResNetEncoder, ResNetDecoder, (32, 64, 128)),
 }
 
 from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
