@@ -65,7 +65,7 @@ def test_demo_figures_show_what_their_names_say(tmp_path):
 
     from vaelab.data import load_data
     from vaelab.latent import encode_split, fit_projection
-    from vaelab.plots import image_grid, latent_figure, latent_hist_figure, manifold_grid_codes
+    from vaelab.plots import figure_indices, image_grid, latent_figure, latent_hist_figure, manifold_grid_codes
 
     out = tmp_path / "demo"
     assert main(["demo", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
@@ -74,8 +74,9 @@ def test_demo_figures_show_what_their_names_say(tmp_path):
     figures = out / "figures"
     assert sorted(p.name for p in figures.iterdir()) == sorted(FIGURES)
     with torch.no_grad():
-        # reconstructions.png: the first 10 test digits above the decodings of their posterior means
-        x = test.images[:10].float() / 255
+        # reconstructions.png: 10 test digits (a sample seeded by the run's seed) above the decodings
+        # of their posterior means
+        x = test.images[figure_indices(len(test), 10, model.run_config.train.seed)].float() / 255
         want = image_grid(torch.cat([x, model.decode_images(model.encode(x).mean)]), 10)
         assert np.abs(_pixels(figures / "reconstructions.png") - want).max() <= 1
         # manifold.png: the 15×15 grid through the N(0, 1) quantiles of the 2-D latent, decoded

@@ -275,8 +275,9 @@ def test_encoder_runs_once_per_image_and_chunking_does_not_change_the_bound():
     model.decoder.register_forward_hook(lambda m, args, out: decoded.append(out.shape[:2]))
     evaluate_split(model, Split(images), iw_samples=100, batch_size=10, dynamic_binarize=True)
     assert encoded == [10, 10, 10]  # once per image: 3 batches of 10, whatever K
-    # Per batch: the ELBO's 10 draws, then L_100 in chunks of 512 latents // 10 images = 51 draws.
-    assert [tuple(d) for d in decoded] == [(ELBO_SAMPLES, 10), (51, 10), (49, 10)] * 3
+    # Per batch: the ELBO's 10 draws, then L_100 in chunks of 512 latents // 10 images = 51 draws,
+    # then decode(E_q[z]) of the 10 images (B, C) for PSNR/SSIM.
+    assert [tuple(d) for d in decoded] == [(ELBO_SAMPLES, 10), (51, 10), (49, 10), (10, 1)] * 3
     x = torch.bernoulli(images[:10].float() / 255)
     with torch.inference_mode():
         q = model.encode(x)

@@ -109,6 +109,12 @@ def _fast_cases() -> list[Case]:
         if "autograd" in switch:  # the autograd/fused choice only exists where the fused step could run
             choice.update(FUSED_CHOICES)
         cases.append((tuple(choice.items()), switch))
+    # An entry the autograd cases' fixed choices displaced gets a case of its own.
+    for key, values in entries.items():
+        for value in values:
+            if not any(dict(c)[key] == value for c, _ in cases):
+                choice = {k: v[0] for k, v in entries.items()} | {key: value}
+                cases.append((tuple(choice.items()), "plain"))
     # The fused step is the default wherever it applies: at least one case must train with it.
     if not any(all(dict(c)[k] == v for k, v in FUSED_CHOICES.items()) and "autograd" not in s for c, s in cases):
         choice = {key: values[0] for key, values in entries.items()} | FUSED_CHOICES

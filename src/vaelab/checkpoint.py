@@ -221,6 +221,22 @@ def _checkpoint_info(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
     return None
 
 
+def match_parameter_layouts(optimizer: Any) -> None:
+    """Give every per-parameter state tensor (Adam's moments, momentum buffers) its parameter's
+    memory layout. A checkpoint stores tensors contiguous, while a conv weight on a CPU is
+    channels-last; torch.optim's fused kernels walk parameter, gradient and state as flat arrays,
+    so a layout mismatch would pair the wrong elements after a resume."""
+    state = getattr(optimizer, "state", None)
+    if not isinstance(state, dict):
+        return
+    for p, slots in state.items():
+        if not isinstance(p, torch.Tensor) or not isinstance(slots, dict):
+            continue
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                slots[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any,
                     data_generator: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore everything `save_checkpoint` wrote; returns (loop state, extra tensors)."""
@@ -239,6 +255,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: Any,
                 _, index, name = key.split(".", 2)
                 slots.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": slots, "param_groups": info["param_groups"]})
+        match_parameter_layouts(optimizer)
         restore_rng(tensors, info["rng"], data_generator)
         state = info["state"]
         for key in ("epoch", "batch", "step"):
