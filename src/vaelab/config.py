@@ -34,8 +34,8 @@ DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz"]
 Binarize = Literal["none", "dynamic", "static"]
 ArchName = Literal["mlp", "conv"]
 LikelihoodName = Literal["gaussian", "bernoulli"]
-PriorName = Literal["normal"]  # models/priors.py PRIORS
-PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
+PriorName = Literal["normal", "mog", "vamp"]  # models/priors.py PRIORS
+PosteriorName = Literal["diagonal", "iaf"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
 Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -43,14 +43,18 @@ Precision = Literal["fp32", "bf16"]
 StepKind = Literal["auto", "fused", "autograd"]
 # What the hand-derived step in vaelab.fused covers (checked again there, with the process count).
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
+MAX_LATENT_LAYERS = 16
+DEFAULT_LADDER_HIDDEN = [256]  # the deterministic MLP between stochastic layers (models/hierarchical.py)
 
 
 def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
     """Whether the hand-derived step (vaelab.fused) covers this set-up: an mlp on the elbo, one of
     FUSED_ACTIVATIONS, float32, no --compile, one process (DDP averages gradients through
-    autograd's hooks). The one test both the config check and the training loop use."""
+    autograd's hooks), and the plain model: N(0, I) prior, diagonal posterior, one stochastic layer,
+    no free bits. The one test both the config check and the training loop use."""
     return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
-            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal"
+            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal" and cfg.model.latent_layers == 1
+            and cfg.train.free_bits == 0.0
             and cfg.model.likelihood in ("bernoulli", "gaussian")
             and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
 
@@ -112,8 +116,17 @@ class ModelConfig:
     # + a constant, i.e. exactly the paper's summed-MSE criterion.
     gaussian_std: float = 1 / math.sqrt(2)
     conditional: bool = False  # condition encoder and decoder on the label (CVAE)
-    prior: PriorName = "normal"  # p(z): normal = N(0, I)
-    posterior: PosteriorName = "diagonal"  # q(z|x): diagonal = a diagonal Gaussian
+    prior: PriorName = "normal"  # p(z): normal = N(0, I), mog = learned Gaussian mixture, vamp = VampPrior
+    prior_components: int = 500  # K of the mog / vamp prior (Tomczak & Welling 2018 use 500 pseudo-inputs)
+    posterior: PosteriorName = "diagonal"  # q(z|x): diagonal Gaussian, or iaf = + inverse autoregressive flow
+    flow_steps: int = 2  # IAF steps after the diagonal Gaussian (--posterior iaf)
+    flow_hidden: int = 0  # width of each IAF step's MADE layers and of the context h; 0 = max(4·D, 64)
+    # Stochastic layers: 1 = the VAE; L >= 2 = the hierarchical VAE (models/hierarchical.py) with
+    # layer sizes `layer_dims` (bottom first; empty = latent_dim for every layer) and deterministic
+    # MLPs of widths `ladder_hidden` between consecutive layers.
+    latent_layers: int = 1
+    layer_dims: list[int] = field(default_factory=list)
+    ladder_hidden: list[int] = field(default_factory=lambda: list(DEFAULT_LADDER_HIDDEN))
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
     num_classes: int = 0
@@ -141,7 +154,39 @@ class ModelConfig:
                                 f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
         if not 0 <= self.num_classes <= 100_000:
             problems.append(f"num_classes must be in 0..100000, got {self.num_classes}")
+        problems += self._research_problems()
         return problems
+
+    def _research_problems(self) -> list[str]:
+        """Checks of the learned priors, the flow posterior and the hierarchical VAE."""
+        problems: list[str] = []
+        if not 1 <= self.prior_components <= 10_000:
+            problems.append(f"prior_components must be in 1..10000, got {self.prior_components}")
+        if not 1 <= self.flow_steps <= 64:
+            problems.append(f"flow_steps must be in 1..64, got {self.flow_steps}")
+        if not 0 <= self.flow_hidden <= 65536:
+            problems.append(f"flow_hidden must be in 0..65536 (0 = automatic), got {self.flow_hidden}")
+        if self.prior == "vamp" and self.conditional:
+            problems.append("--prior vamp encodes label-free pseudo-inputs; it does not combine with --conditional")
+        if not 1 <= self.latent_layers <= MAX_LATENT_LAYERS:
+            problems.append(f"latent_layers must be in 1..{MAX_LATENT_LAYERS}, got {self.latent_layers}")
+        elif self.latent_layers == 1 and self.layer_dims:
+            problems.append("layer_dims is for --latent-layers 2 or more; use --latent-dim for one layer")
+        elif self.layer_dims and len(self.layer_dims) != self.latent_layers:
+            problems.append(f"layer_dims needs one size per stochastic layer ({self.latent_layers}), "
+                            f"got {self.layer_dims}")
+        if any(not 1 <= d <= 4096 for d in self.layer_dims):
+            problems.append(f"layer_dims must be sizes in 1..4096, got {self.layer_dims}")
+        if not 1 <= len(self.ladder_hidden) <= 16 or any(not 1 <= h <= 65536 for h in self.ladder_hidden):
+            problems.append(f"ladder_hidden must be 1 to 16 sizes in 1..65536, got {self.ladder_hidden}")
+        if self.latent_layers > 1 and self.posterior != "diagonal":
+            problems.append("the hierarchical VAE (--latent-layers >= 2) has its own top-down posterior; "
+                            "use --posterior diagonal")
+        return problems
+
+    def layer_sizes(self) -> list[int]:
+        """Sizes of the stochastic layers z_1 (bottom, next to the pixels) .. z_L (top)."""
+        return list(self.layer_dims) if self.layer_dims else [self.latent_dim] * self.latent_layers
 
 
 @dataclass
@@ -158,6 +203,9 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0  # linearly ramp the KL weight from 0 to beta over this many epochs
     objective: Objective = "elbo"
     iw_samples_train: int = 1  # K for --objective iwae
+    # Free bits (Kingma et al. 2016): each latent dimension's batch-mean KL enters the loss as
+    # max(free_bits, KL) nats (see objectives.free_bits_kl); 0 = off.
+    free_bits: float = 0.0
     # Piecewise-constant learning-rate schedule: [[epochs, lr_multiplier], ...]; empty = constant.
     lr_schedule: list[list[float]] = field(default_factory=list)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
@@ -194,6 +242,10 @@ class TrainConfig:
             problems.append(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if not 1 <= self.iw_samples_train <= 10000:
             problems.append(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
+        if not 0.0 <= self.free_bits <= 100.0:
+            problems.append(f"free_bits must be in [0, 100] nats, got {self.free_bits}")
+        elif self.free_bits > 0 and self.objective != "elbo":
+            problems.append("--free-bits changes the ELBO's KL term; it needs --objective elbo")
         bad_segments = [item for item in self.lr_schedule if len(item) != 2 or item[0] <= 0 or item[1] <= 0]
         if bad_segments:
             problems.append(f"lr_schedule entries must be [epochs > 0, multiplier > 0], got {bad_segments[0]}")
@@ -225,7 +277,8 @@ class RunConfig:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
         if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
-                            f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
+                            f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32, no --compile, --prior normal, "
+                            f"--posterior diagonal, one stochastic layer and no --free-bits; "
                             f"use --step auto or autograd")
         _raise_problems(problems)
         return self

@@ -127,6 +127,7 @@ def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAM
     use_labels = model.conditional
     pixels = math.prod(model.image_shape)
     sums = torch.zeros(3, dtype=torch.float64)  # recon, kl, L_K
+    layer_sums: Optional[torch.Tensor] = None  # a hierarchical model's KL per layer, summed over images
     sq_bound = 0.0
     means: list[torch.Tensor] = []
     count = 0
@@ -143,7 +144,11 @@ def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAM
             posterior = model.encode(x, y)
             # ELBO = E_q[log p(x|z)] - KL(q || p); the expectation over ELBO_SAMPLES draws, the KL
             # in closed form where it exists (else from the same draws): (S, B) -> (B,)
-            recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=sample_gen)
+            terms = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=sample_gen)
+            recon, kl = terms.recon, terms.kl
+            if terms.kl_per_layer is not None:
+                part = terms.kl_per_layer.double().sum(0).cpu()  # (L,)
+                layer_sums = part if layer_sums is None else layer_sums + part
             bound = iwae_bound(model, x, y, iw_samples, posterior, sample_gen)  # (B,)
             sums += torch.stack([recon.sum(), kl.sum(), bound.sum()]).double().cpu()
             sq_bound += float(bound.double().square().sum())
@@ -168,6 +173,8 @@ def evaluate_split(model: VAE, split: Split, *, iw_samples: int = DEFAULT_IW_SAM
         "unit_variances": [round(v, 5) for v in unit_variance.tolist()],
         "likelihood_seconds": round(time.perf_counter() - started, 2),
     }
+    if layer_sums is not None:  # layer 1 = the bottom (next to the pixels); they sum to `kl`
+        result["kl_per_layer"] = (layer_sums / max(count, 1)).tolist()
     return result
 
 

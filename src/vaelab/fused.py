@@ -24,8 +24,9 @@ ATen's fused backward kernels (`threshold_backward`, `tanh_backward`).
 
 Measured on the MNIST recipe (benchmarks/train_speed.py): about 15% less time per step than
 autograd on 2 CPU cores. `supports(...)` says whether a set-up fits (mlp encoder and decoder,
-relu/tanh/elu, bernoulli or gaussian, objective elbo, float32, one process); otherwise training
-uses autograd (`--step auto`, the default, decides; `--step autograd` forces it).
+relu/tanh/elu, bernoulli or gaussian, objective elbo, float32, one process, N(0, I) prior,
+diagonal posterior, one stochastic layer, no free bits); otherwise training uses autograd
+(`--step auto`, the default, decides; `--step autograd` forces it).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
 from vaelab.models import build_model
 from vaelab.models.vae import resolve_hidden
-from vaelab.objectives import OBJECTIVES, LossParts
+from vaelab.objectives import LossParts, make_objective
 from vaelab.optim import Adam, make_optimizer
 from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir, read_metrics
 from vaelab.runtime import flush_denormals, seed_everything
@@ -241,7 +241,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.
-    step_loss = wrap_ddp(StepLoss(model, OBJECTIVES[tc.objective], tc.iw_samples_train, ctx), ctx, device)
+    step_loss = wrap_ddp(StepLoss(model, make_objective(tc), tc.iw_samples_train, ctx), ctx, device)
     if tc.compile:
         step_loss = _try_compile(step_loss, train_split, tc, ctx, autocast, use_labels, optimizer)
     fused = make_fused_step(model, cfg, ctx.world_size)  # None: autograd computes the gradients

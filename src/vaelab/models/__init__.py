@@ -36,17 +36,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     "conv": Architecture(ConvEncoder, ConvDecoder, (32, 64, 128)),
 }
 
-from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
+from vaelab.models.vae import VAE  # noqa: E402, I001  (needs ARCHITECTURES)
+from vaelab.models.hierarchical import HierarchicalVAE  # noqa: E402  (builds on VAE)
 
 # Model families: one class each, built from a ModelConfig; `model_family` says which a config
 # describes. Every family has the VAE's API (encode -> posterior, decode -> likelihood parameter,
 # prior, likelihood, elbo_terms, log_terms, log_weights, sample, reconstruct), so training,
 # evaluation and the latent tools serve them all.
-MODELS: dict[str, type[nn.Module]] = {"vae": VAE}
+MODELS: dict[str, type[nn.Module]] = {"vae": VAE, "hierarchical": HierarchicalVAE}
 
 
 def model_family(cfg: ModelConfig) -> str:
     """The `MODELS` key of the model `cfg` describes."""
+    if cfg.latent_layers > 1:
+        return "hierarchical"  # --latent-layers L >= 2 (models/hierarchical.py)
     return "vae"
 
 
@@ -55,5 +58,5 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return MODELS[model_family(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "MODELS", "NetSpec", "POSTERIORS", "PRIORS", "VAE",
-           "build_model", "model_family"]
+__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "HierarchicalVAE", "MODELS", "NetSpec", "POSTERIORS",
+           "PRIORS", "VAE", "build_model", "model_family"]
