@@ -153,7 +153,7 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
     if metrics and all("train_loss" in r and "val_loss" in r for r in metrics):
         drawn("loss", "Loss curves", "Negative ELBO per image, training and validation, per epoch.",
               lambda p: plots.loss_figure(run_dir / "metrics.jsonl", p))
-    grid("sample", "Samples", f"Decoded draws from the prior N(0, I). vaelab sample {run}",
+    grid("sample", "Samples", f"Decoded draws from {latent.prior_name(model)}. vaelab sample {run}",
          latent.sample_images(model, 64, seed=seed))
 
     test = data.test if data is not None else None
@@ -178,20 +178,23 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
                      latent.interpolate_images(model, to_float(test.images[0]), to_float(test.images[b]), 10, mode,
                                                y_of(0), y_of(b)))
     y0 = (y_of(0) if test is not None else 0) if cond else None
+    standard = model.prior.standard_normal
+    spread, centre = ("", "the origin") if standard else ("prior standard deviations", "the prior's mean")
     if encoded is not None:
         kl = encoded.kl_per_dim()
         dims = latent.rank_dimensions(encoded)[:10]
     else:
         kl, dims = None, list(range(min(10, model.latent_dim)))
     grid("traverse", "Latent traversal",
-         f"Each row moves one dimension from -3 to +3 around the origin; rows ordered by average KL over the test "
-         f"split (most informative first). vaelab traverse {run}",
+         f"Each row moves one dimension from -3 to +3 {spread} around {centre}; rows ordered by average KL over "
+         f"the test split (most informative first). vaelab traverse {run}",
          latent.traverse_images(model, dims, y=y0, kl=kl))
     if model.latent_dim >= 2:
         pair = (0, 1) if model.latent_dim == 2 or encoded is None else tuple(sorted(dims[:2]))
         grid("manifold", "Latent manifold",
-             f"Decodings over a grid of Gaussian quantiles of z[{pair[0]}] and z[{pair[1]}], the other dimensions "
-             f"at 0. vaelab manifold {run} --dims {pair[0]},{pair[1]}",
+             f"Decodings over a grid of {'Gaussian' if standard else 'the prior marginals’'} quantiles of "
+             f"{latent.dim_name(model, pair[0])} and {latent.dim_name(model, pair[1])}, the other dimensions at "
+             f"{'0' if standard else 'the prior mean'}. vaelab manifold {run} --dims {pair[0]},{pair[1]}",
              latent.manifold_images(model, pair, 15, y=y0))
     if test is not None and labels is not None:
         _edit_figure(model, data, grid, run, seed)
@@ -203,8 +206,10 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
         drawn("latent", "Latent codes of the test set",
               "Posterior means of the test images (PCA when the latent has more than 2 dimensions).",
               lambda p: plots.latent_figure(encoded, latent.fit_projection(encoded.mean), p, class_names))
-        drawn("latent-hist", "Latent histograms", "Sampled codes per dimension against the N(0, 1) prior.",
-              lambda p: plots.latent_hist_figure(encoded, p, generator=torch.Generator().manual_seed(seed)))
+        against = "the N(0, 1) prior" if standard else "draws of the prior"
+        drawn("latent-hist", "Latent histograms", f"Sampled codes per dimension against {against}.",
+              lambda p: plots.latent_hist_figure(encoded, p, generator=torch.Generator().manual_seed(seed),
+                                                 **plots.prior_hist_arguments(model, seed)))
     return figures
 
 

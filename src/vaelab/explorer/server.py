@@ -6,6 +6,7 @@
     POST /api/decode                {"z": [...], "label": k?} -> image/png
     POST /api/decode/batch          {"z": [[...], ...]} -> PNGs as data URLs (interpolation strips)
     POST /api/encode                multipart upload -> code, map position, reconstruction
+    GET  /api/sample?seed=N         one draw from the model's own prior
     GET  /api/data/{index}          image `index` of the mapped split with its code
     GET  /api/data/{index}/image.png
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import torch
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +45,7 @@ from vaelab.explorer.schemas import (
     ErrorMessage,
     MapPoints,
     Meta,
+    PriorSample,
 )
 from vaelab.explorer.session import (
     DEFAULT_MAX_POINTS,
@@ -154,6 +156,10 @@ def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = Non
         return {"z": result.mean.tolist(), "log_var": result.log_var.tolist(), "coords": result.coords.tolist(),
                 "label": label, "input": data_url(png_bytes(result.image)),
                 "reconstruction": data_url(png_bytes(result.reconstruction))}
+
+    @app.get("/api/sample", response_model=PriorSample, responses=ERRORS, summary="One draw from the model's prior")
+    def prior_sample(seed: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> dict[str, Any]:
+        return {"z": session.prior_sample(seed), "seed": seed}
 
     @app.get("/api/data/{index}", response_model=DataItem, responses=ERRORS,
              summary="Image `index` of the mapped split, with its code")

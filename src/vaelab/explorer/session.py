@@ -138,6 +138,12 @@ class ExplorerSession:
 
     # ---- model work ------------------------------------------------------------------------------
 
+    @torch.inference_mode()
+    def prior_sample(self, seed: int) -> list[float]:
+        """One draw (D values) from the model's own prior, seeded, clipped to the z limit."""
+        z = self.model.prior.sample(1, generator=torch.Generator().manual_seed(int(seed)))[0]
+        return z.float().cpu().clamp(-self.z_limit, self.z_limit).tolist()
+
     def decode_uint8(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> np.ndarray:
         """z (B, D) -> decoded expected images, uint8 (B, C, H, W)."""
         device = self.model.device
@@ -202,6 +208,7 @@ class ExplorerSession:
             "map_points": len(self.coords),
             "projection": "identity" if self.latent_dim <= 2 else "pca",
             "z_limit": self.z_limit,
+            "prior": cfg.model.prior if cfg else "normal",
             "max_upload_bytes": self.max_upload_bytes,
             "kl_per_dim": [round(float(v), 5) for v in self.kl_per_dim],
             "dims_by_kl": self.dims_by_kl,
