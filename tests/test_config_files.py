@@ -129,11 +129,11 @@ def test_json_config_and_missing_file(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_readme_toml_example_is_a_valid_config(tmp_path, capsys):
+def test_docs_toml_example_is_a_valid_config(tmp_path, capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("<!-- section:ecosystem -->", 1)[1]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = page.split("\n## Config files\n", 1)[1]
     toml_block = section.split("```toml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "exp.toml"
     path.write_text(toml_block)

@@ -106,7 +106,7 @@ class ModelConfig:
     """The network: architecture, latent size, likelihood p(x|z), optional label conditioning."""
 
     arch: ArchName = "mlp"
-    latent_dim: int = 2  # the paper's Fig. 2 plots a 2-D latent space
+    latent_dim: int = 2  # size of the latent code z; the paper's Fig. 2 plots a 2-D latent space
     # mlp: hidden layer widths; conv: channels of the stride-2 convs. Empty = the architecture's
     # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
     hidden: list[int] = field(default_factory=list)
@@ -129,7 +129,7 @@ class ModelConfig:
     ladder_hidden: list[int] = field(default_factory=lambda: list(DEFAULT_LADDER_HIDDEN))
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
-    num_classes: int = 0
+    num_classes: int = 0  # the labelled dataset's number of classes (0: unlabelled)
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -267,8 +267,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    version: int = CONFIG_VERSION
-    vaelab_version: str = ""
+    version: int = CONFIG_VERSION  # the config format (CONFIG_VERSION); a newer one is refused
+    vaelab_version: str = ""  # the vaelab release that wrote the run
 
     def validate(self) -> RunConfig:
         """Check every field of every section; raise one ConfigError listing every bad one."""

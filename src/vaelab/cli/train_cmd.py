@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default runs/<dataset>-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set-up (see README)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set-up (see the Training docs)")
     p.add_argument("--config", metavar="FILE",
                    help="a TOML or JSON config with [data] [model] [train] tables (RUN/config.json repeats RUN)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--show", action="store_true", help="print the resolved config (the default action)")
     c.add_argument("--format", choices=("json", "toml"), default="json",
                    help="json (the config.json layout, default) or toml (a file for --config)")
-    c.add_argument("--preset", choices=sorted(PRESETS))
-    c.add_argument("--config", metavar="FILE")
+    c.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set-up (as vaelab train --preset)")
+    c.add_argument("--config", metavar="FILE", help="a TOML or JSON config file to resolve (as vaelab train --config)")
     add_train_flags(c)
     c.set_defaults(func=run_config)
 
