@@ -394,7 +394,8 @@ def approx_parameters(model: ModelConfig) -> float:
     mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
     ways, plus dense layers between the last feature map (each stage halving every spatial size,
-    rounding up) and the latent code via a dense width counted as 512.
+    rounding up) and the latent code via a dense width counted as 512. Plus the learned prior,
+    the flow and the hierarchical VAE's ladder (`_component_parameters`).
     """
     if model.image_shape is None:
         return 0.0
@@ -404,18 +405,54 @@ def approx_parameters(model: ModelConfig) -> float:
     latent = float(model.latent_dim)
     out = c * likelihood_param_channels(model)  # raw decoder channels
     pixels = math.prod(spatial)
+    encoder_out, decoder_in = _latent_widths(model)
+    components = _component_parameters(model, c * pixels)
     if model.arch == "mlp":
-        encoder = [c * pixels + extra, *hidden, 2 * latent]
-        decoder = [latent + extra, *reversed(hidden), out * pixels]
-        return sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+        encoder = [c * pixels + extra, *hidden, encoder_out]
+        decoder = [decoder_in + extra, *reversed(hidden), out * pixels]
+        return components + sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
     kernel = 4.0 ** len(spatial)
     channels = [max(c, out), *hidden]
     convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
     feature = list(spatial)
     for _ in hidden:
         feature = [math.ceil(f / 2) for f in feature]
-    dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (2 * latent + extra)
-    return 2.0 * (convs + dense)
+    dense = (hidden[-1] * math.prod(feature) + extra + 1) * 512 + 513 * (max(encoder_out, 2 * latent) + extra)
+    return 2.0 * (convs + dense) + components
+
+
+def _flow_width(model: ModelConfig) -> float:
+    return float(model.flow_hidden or max(4 * model.latent_dim, 64))  # as models/iaf.py
+
+
+def _latent_widths(model: ModelConfig) -> tuple[float, float]:
+    """(encoder output width, decoder input width) of the model's networks."""
+    if model.latent_layers > 1:  # the ladder's first feature, and z_1 into the decoder
+        return float(model.ladder_hidden[-1]), float(model.layer_sizes()[0])
+    extra = _flow_width(model) if model.posterior == "iaf" else 0.0
+    return 2.0 * model.latent_dim + extra, float(model.latent_dim)
+
+
+def _component_parameters(model: ModelConfig, pixels: float) -> float:
+    """Parameters outside the encoder and decoder: learned prior, flow steps, ladder networks."""
+    sizes = [float(d) for d in model.layer_sizes()]
+    top = sizes[-1]
+    k = float(model.prior_components)
+    total = {"mog": k * (2 * top + 1), "vamp": k * pixels}.get(model.prior, 0.0)
+    if model.posterior == "iaf" and model.latent_layers == 1:
+        d, h = float(model.latent_dim), _flow_width(model)
+        total += model.flow_steps * ((d + 1) * h + h * h + (h + 1) * h + (h + 1) * 2 * d)
+    if model.latent_layers > 1:
+        ladder = [float(w) for w in model.ladder_hidden]
+        width = ladder[-1]
+
+        def dense(widths: list[float]) -> float:
+            return sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+
+        total += sum((width + 1) * 2 * d for d in sizes)  # the q heads
+        total += (len(sizes) - 1) * dense([width, *ladder])  # bottom-up
+        total += sum(dense([sizes[i + 1], *reversed(ladder), 2 * sizes[i]]) for i in range(len(sizes) - 1))  # down
+    return total
 
 
 def _short(value: Any) -> str:

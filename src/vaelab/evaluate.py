@@ -194,25 +194,42 @@ def reconstructions(model: VAE, split: Split, *, batch_size: int = 500, dynamic_
 
 @torch.inference_mode()
 def generated_samples(model: VAE, n: int, labels: Optional[torch.Tensor], *, batch_size: int = 500,
-                      seed: int = EVAL_SEED) -> torch.Tensor:
-    """n expected images decoded from z ~ N(0, I) (conditioned on `labels` for a CVAE) -> (n, C, H, W)."""
+                      seed: int = EVAL_SEED, sampler=None) -> torch.Tensor:
+    """n expected images decoded from draws of the model's prior (or of `sampler`, e.g. the fitted
+    Gaussian mixture of `vaelab.samplers`), conditioned on `labels` for a CVAE -> (n, C, H, W)."""
     gen = torch.Generator().manual_seed(seed + 2)
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = labels[start : start + b] if model.conditional and labels is not None else None
-        out.append(model.sample(b, y, generator=gen).float().cpu())
+        if sampler is None:
+            out.append(model.sample(b, y, generator=gen).float().cpu())
+        else:
+            z = sampler.sample(b, generator=gen).to(model.device)
+            out.append(model.decode_images(z, y).float().cpu())
     return torch.cat(out)
+
+
+def prior_description(model: VAE) -> str:
+    """The sampler behind `fid`: the model's own prior, by name."""
+    cfg = getattr(model, "cfg", None)
+    name = cfg.prior if cfg is not None else "normal"
+    layers = len(getattr(model, "layer_sizes", (0,)))
+    return f"the model's prior ({name}{f', {layers} stochastic layers' if layers > 1 else ''})"
 
 
 def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_samples: int = DEFAULT_IW_SAMPLES,
                    batch_size: int = 100, fid: bool = True, grey_data: Optional[ImageData] = None,
-                   dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED) -> dict[str, Any]:
+                   dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED,
+                   sampler=None) -> dict[str, Any]:
     """Every number of `vaelab eval` for `model` on `data.<split_name>` as a flat JSON-able dict.
 
     `data` is what the model was trained on (static binarisation applied); `grey_data` the same
     images in grey values, for the classifier (defaults to `data`). FID and reconstruction
     accuracy need labels: they are None (with a reason) for unlabelled datasets or `fid=False`.
+    `fid` uses samples of the model's prior; with a fitted `sampler` (`vaelab fit-sampler`),
+    `fid_gmm` those of the sampler, against the same real images (`fid_sampler`/`fid_gmm_sampler`
+    say which was which).
     """
     from vaelab import __version__
 
@@ -224,7 +241,9 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
     result.update(evaluate_split(model, split, iw_samples=iw_samples, batch_size=batch_size,
                                  dynamic_binarize=dynamic, seed=seed, progress=progress))
     result["note"] = None if model.likelihood.discrete else DENSITY_NOTE
-    result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None)
+    result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None,
+                  fid_sampler=prior_description(model), fid_gmm=None,
+                  fid_gmm_sampler=None if sampler is None else sampler.description)
     grey = grey_data if grey_data is not None else data
     if not fid:
         result["fid_skipped"] = "--no-fid"
@@ -232,14 +251,16 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
         result["fid_skipped"] = "unlabelled dataset: no classifier to compute FID with"
     else:
         result.update(_classifier_scores(model, data, grey, split_name, dynamic, dataset_name or cfg.data.dataset,
-                                         progress, seed))
+                                         progress, seed, sampler))
+    if result["fid_gmm"] is None and "fid_skipped" not in result:
+        result["fid_gmm_skipped"] = "no fitted sampler: vaelab fit-sampler RUN --gmm K"
     result["seed"] = seed
     result["vaelab_version"] = __version__
     return result
 
 
 def _classifier_scores(model: VAE, data: ImageData, grey: ImageData, split_name: str, dynamic: bool,
-                       dataset_name: str, progress: bool, seed: int) -> dict[str, Any]:
+                       dataset_name: str, progress: bool, seed: int, sampler=None) -> dict[str, Any]:
     """FID of generated samples against the split, and the classifier's accuracy on reconstructions."""
     from vaelab.classifier import classifier_features, get_classifier, predict
     from vaelab.data.batches import to_float
@@ -253,9 +274,13 @@ def _classifier_scores(model: VAE, data: ImageData, grey: ImageData, split_name:
     real_split = grey.split(split_name)
     n = min(FID_SAMPLES, len(real_split))
     real = to_float(real_split.images[:n])
+    real_stats = feature_statistics(classifier_features(net, real))
     fake = generated_samples(model, n, real_split.labels[:n], seed=seed)
-    fid = frechet_distance(*feature_statistics(classifier_features(net, real)),
-                           *feature_statistics(classifier_features(net, fake)))
-    return {"fid": fid, "fid_samples": n, "recon_accuracy": recon_accuracy,
+    fid = frechet_distance(*real_stats, *feature_statistics(classifier_features(net, fake)))
+    fid_gmm = None
+    if sampler is not None:  # the same real images and seed, codes from the fitted mixture
+        fake = generated_samples(model, n, real_split.labels[:n], seed=seed, sampler=sampler)
+        fid_gmm = frechet_distance(*real_stats, *feature_statistics(classifier_features(net, fake)))
+    return {"fid": fid, "fid_gmm": fid_gmm, "fid_samples": n, "recon_accuracy": recon_accuracy,
             "classifier_accuracy": meta["test_accuracy"], "classifier": meta["key"],
             "classifier_seconds": round(time.perf_counter() - started, 2)}

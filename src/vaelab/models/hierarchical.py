@@ -270,12 +270,12 @@ class HierarchicalVAE(VAE):
         return self._layer_sizes
 
     # ---- the densities ----------------------------------------------------------------------------
-    def _bottom_up(self, x: torch.Tensor, y: Optional[torch.Tensor],
-                   layers: Optional[int] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The bottom-up terms (mu_hat_l, log sigma_hat_l^2) of the first `layers` layers (all by default)."""
-        d = self.encoder_act(self.encoder(x, self._cond(y, x.shape[0])))  # (B, W)
+    def _bottom_up(self, x: torch.Tensor,
+                   cond: Optional[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The bottom-up terms (mu_hat_l, log sigma_hat_l^2) of every layer, each (B, D_l)."""
+        d = self.encoder_act(self.encoder(x, cond))  # (B, W)
         means, log_vars = [], []
-        for layer in range(len(self._layer_sizes) if layers is None else layers):
+        for layer in range(len(self._layer_sizes)):
             if layer > 0:
                 d = self.up[layer - 1](d)
             mean, log_var = _gaussian(self.heads[layer](d))
@@ -285,12 +285,16 @@ class HierarchicalVAE(VAE):
 
     def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> LadderPosterior:
         """x float (B, C, *S) in [0, 1] -> q(z|x) over concatenated codes; `.mean`, `.log_var` (B, D)."""
-        means, log_vars = self._bottom_up(x, y)
+        return self.encode_with_condition(x, self._cond(y, x.shape[0]))
+
+    def encode_with_condition(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> LadderPosterior:
+        """`encode` with the one-hot label (B, num_classes) already made (or None): what export traces."""
+        means, log_vars = self._bottom_up(x, cond)
         return LadderPosterior(means, log_vars, self.prior)
 
     def encode_top(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> DiagonalGaussian:
         """q(z_L | x), the top layer's posterior (the bottom-up term alone): what a VampPrior mixes."""
-        means, log_vars = self._bottom_up(x, y)
+        means, log_vars = self._bottom_up(x, self._cond(y, x.shape[0]))
         return DiagonalGaussian(means[-1], log_vars[-1])
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -165,17 +165,30 @@ class VampPrior(DiagonalMixturePrior):
         self.pseudo_weight = nn.Parameter(
             torch.randn(num_components, *image_shape) * PSEUDO_INPUT_STD + PSEUDO_INPUT_MEAN)  # (K, C, *S)
         self._encode = encode
+        self._cache: Optional[tuple] = None  # (weights key, components) when computed without gradients
 
     def pseudo_inputs(self) -> torch.Tensor:
         """u = hardtanh(W, 0, 1): the K pseudo-inputs as images in [0, 1], (K, C, *S)."""
         return F.hardtanh(self.pseudo_weight, 0.0, 1.0)
 
     def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Without gradients (evaluation, sampling) the K encoded pseudo-inputs are kept until a
+        # weight changes: L_5000 over a test set asks for them once per chunk of draws.
+        key = None if torch.is_grad_enabled() else self._weights_key()
+        if key is not None and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
         q = self._encode(self.pseudo_inputs())
         mean, log_var = getattr(q, "base_mean", q.mean), q.log_var  # (K, D) each
         k = mean.shape[0]
         log_w = torch.full((k,), -math.log(k), dtype=mean.dtype, device=mean.device)  # uniform
+        self._cache = None if key is None else (key, (log_w, mean, log_var))
         return log_w, mean, log_var
+
+    def _weights_key(self) -> tuple:
+        """Identity, version, device and dtype of every weight the components depend on."""
+        owner = getattr(self._encode, "__self__", None)
+        tensors = list(owner.parameters()) if isinstance(owner, nn.Module) else list(self.parameters())
+        return tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
 
 
 def _vamp(cfg: ModelConfig, vae: nn.Module) -> VampPrior:

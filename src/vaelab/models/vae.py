@@ -135,7 +135,11 @@ class VAE(nn.Module):
     # ---- the model's densities -----------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         """x float (B, C, *S) in [0, 1] -> q(z|x): `.mean`, `.log_var` (B, D), `.sample()`, ..."""
-        stats = self.encoder(x, self._cond(y, x.shape[0]))  # (B, encoder_out)
+        return self.encode_with_condition(x, self._cond(y, x.shape[0]))
+
+    def encode_with_condition(self, x: torch.Tensor, cond: Optional[torch.Tensor]):
+        """`encode` with the one-hot label (B, num_classes) already made (or None): what export traces."""
+        stats = self.encoder(x, cond)  # (B, encoder_out)
         return self.posterior_head(stats)
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
