@@ -24,7 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+# The shared MNIST files: the nearest ../shared/datasets/mnist above this checkout (main or a worktree).
+MNIST_DIR = next((p / "shared" / "datasets" / "mnist" for p in Path(__file__).resolve().parents
+                  if (p / "shared" / "datasets" / "mnist").is_dir()), Path("shared/datasets/mnist"))
 MNIST = ["--dataset", "mnist", "--binarize", "dynamic", "--likelihood", "bernoulli"]
 
 # name -> (paper, paper's number in nats, the paper's epochs, the training flags)
@@ -57,7 +59,8 @@ def cpu_model() -> str:
 
 def run(command: list[str]) -> None:
     print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"failed: {shlex.join(command)}")
 
 
 def main() -> None:

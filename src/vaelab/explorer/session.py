@@ -208,7 +208,7 @@ class ExplorerSession:
             "map_points": len(self.coords),
             "projection": "identity" if self.latent_dim <= 2 else "pca",
             "z_limit": self.z_limit,
-            "prior": cfg.model.prior if cfg else "normal",
+            "prior": getattr(getattr(self.model, "cfg", None), "prior", "normal"),
             "max_upload_bytes": self.max_upload_bytes,
             "kl_per_dim": [round(float(v), 5) for v in self.kl_per_dim],
             "dims_by_kl": self.dims_by_kl,
