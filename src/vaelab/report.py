@@ -92,8 +92,13 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
             notes.append(f"eval.json could not be read: {exc}")
 
     m = cfg.model
-    facts = (f"{cfg.data.dataset} · {m.arch} {','.join(map(str, m.hidden))} · latent {m.latent_dim} · "
-             f"{m.likelihood} likelihood" + (" · conditional" if m.conditional else "")
+    latent = (f"latent {m.latent_dim}" if m.latent_layers == 1
+              else f"{m.latent_layers} latent layers {','.join(map(str, m.layer_sizes()))}")
+    components = [f"{m.prior} prior"] if m.prior != "normal" else []
+    components += [f"{m.posterior} posterior ({m.flow_steps} steps)"] if m.posterior != "diagonal" else []
+    facts = (f"{cfg.data.dataset} · {m.arch} {','.join(map(str, m.hidden))} · {latent} · "
+             + "".join(f"{c} · " for c in components)
+             + f"{m.likelihood} likelihood" + (" · conditional" if m.conditional else "")
              + f" · {len(metrics)} epochs")
     parts = [f"<h1>vaelab report: {_e(run_dir.resolve().name)}</h1>",
              f"<p class=\"sub\">{_e(facts)} · written {_e(time.strftime('%Y-%m-%d %H:%M'))} by vaelab "

@@ -81,9 +81,12 @@ class ExplorerSession:
         self.encoded = encode_split(model, subsample(split, max_points))  # mean (N, D)
         self.projection = fit_projection(self.encoded.mean)
         self.coords = self.projection(self.encoded.mean)  # (N, 2)
-        # Dimensions ordered by how much the model uses them (average KL to the prior).
+        # Dimensions ordered by how much the model uses them (average KL to the prior). A
+        # hierarchical model's decoder reads its bottom layer only: the sliders steer that layer
+        # (`vaelab traverse --layer L` shows the others, whose moves regenerate the layers below).
         self.kl_per_dim = self.encoded.kl_per_dim()  # (D,)
-        self.dims_by_kl = rank_dimensions(self.encoded)
+        decoded = int(getattr(model, "layer_sizes", (self.latent_dim,))[0])
+        self.dims_by_kl = [d for d in rank_dimensions(self.encoded) if d < decoded]
         self.slider_dims = self.dims_by_kl[: max(1, min(slider_dims, self.latent_dim))]
 
     # ---- construction ---------------------------------------------------------------------------

@@ -95,7 +95,15 @@ def diagonal_mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means:
 
     Each component's log-density is expanded into matmuls so no (..., K, D) tensor is built:
     sum_d (z_d - m_kd)^2 / v_kd = z^2 @ (1/v_k) - 2 z @ (m_k / v_k) + sum_d m_kd^2 / v_kd.
+    The expansion cancels large terms, so it runs in float32 at least, also under bf16 autocast.
     """
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return _mixture_log_prob(z.to(dtype), log_weights.to(dtype), means.to(dtype), log_vars.to(dtype))
+
+
+def _mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor,
+                      log_vars: torch.Tensor) -> torch.Tensor:
     inv_var = torch.exp(-log_vars)  # (K, D)
     const = (means.square() * inv_var + log_vars).sum(-1) + means.shape[-1] * LOG_2PI  # (K,)
     flat = z.reshape(-1, z.shape[-1])  # (N, D)
