@@ -258,6 +258,16 @@ def test_free_bits_needs_the_elbo_and_turns_the_fused_step_off():
     assert fused_step_fits(RunConfig())  # the default recipe keeps its fast path
 
 
+def test_fused_step_refuses_every_research_model_even_under_a_plain_config():
+    from vaelab.fused import supports
+
+    plain = RunConfig()
+    plain.model.image_shape = [1, 6, 6]
+    assert supports(model_for(), plain, 1)
+    for changes in ({"prior": "mog"}, {"prior": "vamp"}, {"posterior": "iaf"}, {"latent_layers": 2}):
+        assert not supports(model_for(**changes), plain, 1), changes
+
+
 # ---- the hierarchical VAE --------------------------------------------------------------------------
 
 P, D1, D2 = 5, 3, 2

@@ -66,6 +66,7 @@ def supports(model: nn.Module, cfg: RunConfig, world_size: int) -> bool:
             and isinstance(getattr(model, "decoder", None), MLPDecoder)
             and isinstance(getattr(model, "posterior_head", None), DiagonalHead)
             and isinstance(getattr(model, "prior", None), StandardNormal)
+            and len(getattr(model, "layer_sizes", (model.latent_dim,))) == 1
             and type(model.likelihood) in (Bernoulli, Gaussian))
 
 

@@ -306,6 +306,7 @@ class HierarchicalVAE(VAE):
         return False
 
     def closed_form_kl(self, posterior) -> Optional[torch.Tensor]:
+        """None: the IWAE objective then reports the Monte Carlo KL of its draws."""
         return None
 
     def _layer_kls(self, posterior: LadderPosterior, draw: TopDownPass) -> tuple[list[torch.Tensor], bool]:
