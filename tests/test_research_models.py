@@ -393,8 +393,8 @@ def test_hierarchical_posterior_draws_all_noise_in_one_call():
 
 def test_hierarchical_config_is_checked():
     for changes, message in (({"latent_layers": 2, "posterior": "iaf"}, "posterior diagonal"),
-                             ({"latent_layers": 2, "layer_dims": [3]}, "one size per stochastic layer"),
-                             ({"layer_dims": [3, 2]}, "latent-layers 2 or more"),
+                             ({"layer_dims": [3]}, "2 or more stochastic layers"),
+                             ({"latent_layers": 3, "layer_dims": [3, 2]}, "one size per stochastic layer"),
                              ({"latent_layers": 0}, "latent_layers"),
                              ({"ladder_hidden": []}, "ladder_hidden")):
         with pytest.raises(ConfigError, match=message):

@@ -53,7 +53,7 @@ def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
     autograd's hooks), and the plain model: N(0, I) prior, diagonal posterior, one stochastic layer,
     no free bits. The one test both the config check and the training loop use."""
     return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
-            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal" and cfg.model.latent_layers == 1
+            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal" and cfg.model.stochastic_layers == 1
             and cfg.train.free_bits == 0.0
             and cfg.model.likelihood in ("bernoulli", "gaussian")
             and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
@@ -122,8 +122,8 @@ class ModelConfig:
     flow_steps: int = 2  # IAF steps after the diagonal Gaussian (--posterior iaf)
     flow_hidden: int = 0  # width of each IAF step's MADE layers and of the context h; 0 = max(4·D, 64)
     # Stochastic layers: 1 = the VAE; L >= 2 = the hierarchical VAE (models/hierarchical.py) with
-    # layer sizes `layer_dims` (bottom first; empty = latent_dim for every layer) and deterministic
-    # MLPs of widths `ladder_hidden` between consecutive layers.
+    # layer sizes `layer_dims` (bottom first; empty = latent_dim for every layer; given alone, its
+    # length is L) and deterministic MLPs of widths `ladder_hidden` between consecutive layers.
     latent_layers: int = 1
     layer_dims: list[int] = field(default_factory=list)
     ladder_hidden: list[int] = field(default_factory=lambda: list(DEFAULT_LADDER_HIDDEN))
@@ -170,19 +170,26 @@ class ModelConfig:
             problems.append("--prior vamp encodes label-free pseudo-inputs; it does not combine with --conditional")
         if not 1 <= self.latent_layers <= MAX_LATENT_LAYERS:
             problems.append(f"latent_layers must be in 1..{MAX_LATENT_LAYERS}, got {self.latent_layers}")
-        elif self.latent_layers == 1 and self.layer_dims:
-            problems.append("layer_dims is for --latent-layers 2 or more; use --latent-dim for one layer")
-        elif self.layer_dims and len(self.layer_dims) != self.latent_layers:
+        elif len(self.layer_dims) == 1:
+            problems.append("layer_dims is for 2 or more stochastic layers; use --latent-dim for one layer")
+        elif len(self.layer_dims) > MAX_LATENT_LAYERS:
+            problems.append(f"layer_dims may hold at most {MAX_LATENT_LAYERS} sizes, got {len(self.layer_dims)}")
+        elif self.layer_dims and self.latent_layers not in (1, len(self.layer_dims)):
             problems.append(f"layer_dims needs one size per stochastic layer ({self.latent_layers}), "
                             f"got {self.layer_dims}")
         if any(not 1 <= d <= 4096 for d in self.layer_dims):
             problems.append(f"layer_dims must be sizes in 1..4096, got {self.layer_dims}")
         if not 1 <= len(self.ladder_hidden) <= 16 or any(not 1 <= h <= 65536 for h in self.ladder_hidden):
             problems.append(f"ladder_hidden must be 1 to 16 sizes in 1..65536, got {self.ladder_hidden}")
-        if self.latent_layers > 1 and self.posterior != "diagonal":
+        if self.stochastic_layers > 1 and self.posterior != "diagonal":
             problems.append("the hierarchical VAE (--latent-layers >= 2) has its own top-down posterior; "
                             "use --posterior diagonal")
         return problems
+
+    @property
+    def stochastic_layers(self) -> int:
+        """L: the number of stochastic layers (`layer_dims`' length when given, else `latent_layers`)."""
+        return len(self.layer_dims) if self.layer_dims else self.latent_layers
 
     def layer_sizes(self) -> list[int]:
         """Sizes of the stochastic layers z_1 (bottom, next to the pixels) .. z_L (top)."""
@@ -427,7 +434,7 @@ def _flow_width(model: ModelConfig) -> float:
 
 def _latent_widths(model: ModelConfig) -> tuple[float, float]:
     """(encoder output width, decoder input width) of the model's networks."""
-    if model.latent_layers > 1:  # the ladder's first feature, and z_1 into the decoder
+    if model.stochastic_layers > 1:  # the ladder's first feature, and z_1 into the decoder
         return float(model.ladder_hidden[-1]), float(model.layer_sizes()[0])
     extra = _flow_width(model) if model.posterior == "iaf" else 0.0
     return 2.0 * model.latent_dim + extra, float(model.latent_dim)
@@ -439,10 +446,10 @@ def _component_parameters(model: ModelConfig, pixels: float) -> float:
     top = sizes[-1]
     k = float(model.prior_components)
     total = {"mog": k * (2 * top + 1), "vamp": k * pixels}.get(model.prior, 0.0)
-    if model.posterior == "iaf" and model.latent_layers == 1:
+    if model.posterior == "iaf" and model.stochastic_layers == 1:
         d, h = float(model.latent_dim), _flow_width(model)
         total += model.flow_steps * ((d + 1) * h + h * h + (h + 1) * h + (h + 1) * 2 * d)
-    if model.latent_layers > 1:
+    if model.stochastic_layers > 1:
         ladder = [float(w) for w in model.ladder_hidden]
         width = ladder[-1]
 

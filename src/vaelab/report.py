@@ -92,8 +92,8 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
             notes.append(f"eval.json could not be read: {exc}")
 
     m = cfg.model
-    latent = (f"latent {m.latent_dim}" if m.latent_layers == 1
-              else f"{m.latent_layers} latent layers {','.join(map(str, m.layer_sizes()))}")
+    latent = (f"latent {m.latent_dim}" if m.stochastic_layers == 1
+              else f"{m.stochastic_layers} latent layers {','.join(map(str, m.layer_sizes()))}")
     components = [f"{m.prior} prior"] if m.prior != "normal" else []
     components += [f"{m.posterior} posterior ({m.flow_steps} steps)"] if m.posterior != "diagonal" else []
     facts = (f"{cfg.data.dataset} · {m.arch} {','.join(map(str, m.hidden))} · {latent} · "

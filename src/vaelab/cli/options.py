@@ -97,7 +97,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--latent-layers", "model.latent_layers", int, "stochastic layers: 1 (default) or L >= 2 for the "
          "hierarchical VAE with Ladder-VAE top-down inference"),
     Flag("--layer-dims", "model.layer_dims", int_list, "hierarchical VAE: size of each stochastic layer, bottom "
-         "first, e.g. 64,32 (default: --latent-dim for every layer)"),
+         "first, e.g. 64,32; alone it sets --latent-layers to its length (default: --latent-dim for every layer)"),
     Flag("--ladder-hidden", "model.ladder_hidden", int_list, "hierarchical VAE: widths of the deterministic MLP "
          "between consecutive stochastic layers (default 256)"),
     Flag("--epochs", "train.epochs", int, "passes over the training split"),

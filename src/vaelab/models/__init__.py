@@ -48,7 +48,7 @@ MODELS: dict[str, type[nn.Module]] = {"vae": VAE, "hierarchical": HierarchicalVA
 
 def model_family(cfg: ModelConfig) -> str:
     """The `MODELS` key of the model `cfg` describes."""
-    if cfg.latent_layers > 1:
+    if cfg.stochastic_layers > 1:
         return "hierarchical"  # --latent-layers L >= 2 (models/hierarchical.py)
     return "vae"
 
