@@ -391,6 +391,15 @@ def test_hierarchical_posterior_draws_all_noise_in_one_call():
     assert calls == [(3, 6), (4, 3, 6)]
 
 
+def test_layer_dims_alone_set_the_number_of_layers():
+    from vaelab.models import model_family
+
+    cfg = ModelConfig(layer_dims=[4, 2])
+    cfg.validate()
+    assert cfg.stochastic_layers == 2 and cfg.layer_sizes() == [4, 2] and model_family(cfg) == "hierarchical"
+    assert ModelConfig(latent_layers=3, latent_dim=5).layer_sizes() == [5, 5, 5]
+
+
 def test_hierarchical_config_is_checked():
     for changes, message in (({"latent_layers": 2, "posterior": "iaf"}, "posterior diagonal"),
                              ({"layer_dims": [3]}, "2 or more stochastic layers"),
