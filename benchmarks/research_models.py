@@ -96,7 +96,8 @@ def main() -> None:
 
             schedule = out.parent / f"{out.name}-schedule.toml"
             out.parent.mkdir(parents=True, exist_ok=True)
-            schedule.write_text(f"[train]\nepochs = {args.epochs}\nlr_schedule = {iwae_schedule()}\n")
+            schedule.write_text(f"[train]\nepochs = {args.epochs}\nlr_schedule = \"piecewise\"\n"
+                                f"lr_segments = {iwae_schedule()}\n")
             length = ["--config", str(schedule)]
             print(f"{schedule}: {schedule.read_text()}", flush=True)
         run([*vaelab, "train", *flags, *length, "--threads", str(args.threads), "--out", str(out), "--quiet"])

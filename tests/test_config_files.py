@@ -25,7 +25,13 @@ SAMPLES = {
     "--checkpoint-every": "50", "--device": "cpu", "--precision": "bf16", "--threads": "2", "--step": "autograd",
     "--prior": "mog", "--prior-components": "20", "--posterior": "iaf", "--flow-steps": "3", "--flow-hidden": "32",
     "--latent-layers": "2", "--layer-dims": "8,4", "--ladder-hidden": "64,32", "--free-bits": "0.25",
+    "--optimizer": "adamw", "--weight-decay": "0.05", "--momentum": "0.9", "--lr-schedule": "cosine",
+    "--warmup-epochs": "1.5", "--min-lr": "0.00001", "--lr-decay": "0.5", "--lr-step": "4", "--lr-patience": "2",
+    "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",
+    "--mlflow": "http://127.0.0.1:5000",
 }
+# Flags that are only valid next to another setting.
+CONTEXT = {"--momentum": ["--optimizer", "sgd"]}
 
 
 def _show(capsys, *argv: str) -> dict:
@@ -47,13 +53,14 @@ def test_every_flag_is_a_real_config_key():
 @pytest.mark.parametrize("flag", TRAIN_FLAGS, ids=lambda f: f.flag)
 def test_each_flag_and_its_toml_key_give_the_same_config(flag, tmp_path, capsys):
     argv = [flag.flag] if flag.is_switch else [flag.flag, SAMPLES[flag.flag]]
-    from_flag = _show(capsys, *argv)
+    context = CONTEXT.get(flag.flag, [])
+    from_flag = _show(capsys, *context, *argv)
     section, name = flag.key.split(".")
     value = from_flag[section][name]
-    assert value != _show(capsys)[section][name], "the sample must change the setting"
+    assert value != _show(capsys, *context)[section][name], "the sample must change the setting"
     path = tmp_path / "exp.toml"
     path.write_text(f"[{section}]\n{name} = {_toml_literal(value)}\n")
-    assert _show(capsys, "--config", str(path)) == from_flag
+    assert _show(capsys, *context, "--config", str(path)) == from_flag
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path, capsys):
@@ -148,7 +155,8 @@ def test_lr_schedule_is_stretched_to_the_epochs_of_a_later_layer(tmp_path, capsy
     path = tmp_path / "exp.toml"
     path.write_text("[train]\nepochs = 328\n")
     cfg = _show(capsys, "--preset", "iwae-paper-vae", "--config", str(path))  # the preset's 3280-epoch schedule
-    assert sum(length for length, _ in cfg["train"]["lr_schedule"]) == pytest.approx(328)
+    assert sum(length for length, _ in cfg["train"]["lr_segments"]) == pytest.approx(328)
+    # A version-1 layout (the segments under lr_schedule) still reads, as lr_segments.
     path.write_text("[train]\nepochs = 4\nlr_schedule = [[2, 1.0], [2, 0.1]]\n")
-    assert _show(capsys, "--config", str(path))["train"]["lr_schedule"] == [[2, 1.0], [2, 0.1]]
-    assert _show(capsys, "--config", str(path), "--epochs", "8")["train"]["lr_schedule"] == [[4, 1.0], [4, 0.1]]
+    assert _show(capsys, "--config", str(path))["train"]["lr_segments"] == [[2, 1.0], [2, 0.1]]
+    assert _show(capsys, "--config", str(path), "--epochs", "8")["train"]["lr_segments"] == [[4, 1.0], [4, 0.1]]

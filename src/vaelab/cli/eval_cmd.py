@@ -18,6 +18,7 @@ from vaelab.config import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
 from vaelab.errors import ConfigError, RunError
 
 EVAL_FILE = "eval.json"
+WEIGHTS_FILE = "model.safetensors"  # vaelab.checkpoint.WEIGHTS_FILE (not imported: it imports torch)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,11 +63,12 @@ def run_eval(args: argparse.Namespace) -> int:
     import vaelab
     from vaelab.data import load_data
     from vaelab.data.base import apply_static_binarization
-    from vaelab.evaluate import evaluate_model
-    from vaelab.samplers import load_sampler
+    from vaelab.runlock import file_stamp, run_lock
     from vaelab.training import pick_device
 
-    model = vaelab.load(run_dir, device=pick_device(args.device))
+    device = pick_device(args.device)
+    weights_before = file_stamp(run_dir / WEIGHTS_FILE)
+    model = vaelab.load(run_dir, device=device)
     cfg = model.run_config
     data_cfg = replace(cfg.data, binarize="none")
     if args.data_dir:
@@ -75,6 +77,18 @@ def run_eval(args: argparse.Namespace) -> int:
     data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
     if tuple(grey.image_shape) != tuple(model.image_shape):
         raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
+    # Every input has been checked: take the run's one-writer lock for the evaluation and eval.json.
+    with run_lock(run_dir, "vaelab eval"):
+        if file_stamp(run_dir / WEIGHTS_FILE) != weights_before:  # a run finished between load and lock
+            model = vaelab.load(run_dir, device=device)
+        return _evaluate(args, run_dir, model, data, grey, cfg, iw_samples, batch_size)
+
+
+def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, iw_samples: int, batch_size: int) -> int:
+    """Evaluate, print and write RUN/eval.json (holding the run's lock)."""
+    from vaelab.evaluate import evaluate_model
+    from vaelab.samplers import load_sampler
+
     progress = not args.quiet and not args.json
     if progress:
         print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "

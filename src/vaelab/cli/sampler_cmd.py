@@ -47,6 +47,7 @@ def run_fit_sampler(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
 
     from vaelab.data import load_data
+    from vaelab.runlock import run_lock
     from vaelab.runs import load
     from vaelab.samplers import SAMPLER_META, SAMPLER_WEIGHTS, fit_gmm, training_codes
     from vaelab.training import pick_device
@@ -68,13 +69,12 @@ def run_fit_sampler(args: argparse.Namespace) -> int:
                            max_images=args.max_images, seed=args.seed)
     sampler = fit_gmm(codes, args.gmm, args.covariance, seed=args.seed)
     sampler.meta["images"] = int(codes.shape[0])
-    # RUN-LOCK: this command writes into the run folder. When the run-folder lock of
-    # src/vaelab/runlock.py (branch `training`) is on main, hold it around this write, so that a
-    # training run or another fit-sampler on the same folder cannot interleave with it.
-    try:
-        sampler.save(run_dir)
-    except OSError as exc:
-        raise RunError(f"cannot write the sampler into {run_dir}: {exc.strerror or exc}") from None
+    # Every input has been checked: the run's one-writer lock for the write (vaelab.runlock).
+    with run_lock(run_dir, "vaelab fit-sampler"):
+        try:
+            sampler.save(run_dir)
+        except OSError as exc:
+            raise RunError(f"cannot write the sampler into {run_dir}: {exc.strerror or exc}") from None
     meta = sampler.meta
     print(f"fitted {args.gmm} {args.covariance}-covariance components to {meta['num_codes']} training codes "
           f"(mean log-likelihood {meta['mean_log_likelihood']:.3f} per code, "
