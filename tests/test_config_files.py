@@ -25,6 +25,8 @@ SAMPLES = {
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",
     "--beta": "2.5", "--kl-warmup": "1.5", "--objective": "iwae", "--iw-samples-train": "5", "--grad-clip": "1.0",
     "--checkpoint-every": "50", "--device": "cpu", "--precision": "bf16", "--threads": "2", "--step": "autograd",
+    "--prior": "mog", "--prior-components": "20", "--posterior": "iaf", "--flow-steps": "3", "--flow-hidden": "32",
+    "--latent-layers": "2", "--layer-dims": "8,4", "--ladder-hidden": "64,32", "--free-bits": "0.25",
     "--optimizer": "adamw", "--weight-decay": "0.05", "--momentum": "0.9", "--lr-schedule": "cosine",
     "--warmup-epochs": "1.5", "--min-lr": "0.00001", "--lr-decay": "0.5", "--lr-step": "4", "--lr-patience": "2",
     "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",

@@ -1,4 +1,5 @@
-"""Shared tests over every registered architecture × likelihood, and reference-value checks."""
+"""Shared tests over every registered architecture × likelihood and every prior × posterior × number of
+stochastic layers (the model families of `MODELS`), and reference-value checks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from vaelab.checkpoint import load_weights, save_weights
 from vaelab.config import ModelConfig
 from vaelab.likelihoods import GAUSSIAN_VARIANCES, LIKELIHOODS
-from vaelab.models import ARCHITECTURES, VAE
+from vaelab.models import ARCHITECTURES, MODELS, POSTERIORS, PRIORS, VAE, build_model, model_family
 from vaelab.models.conv import DECODER_STAGES
 from vaelab.models.posterior import DiagonalGaussian
 from vaelab.objectives import OBJECTIVES
@@ -24,16 +25,125 @@ LIKELIHOOD_VARIANTS = sorted([name for name in LIKELIHOODS if name != "gaussian"
                              + [f"gaussian:{variance}" for variance in GAUSSIAN_VARIANCES])
 
 
-def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False) -> VAE:
-    torch.manual_seed(0)
+# Every registered prior x posterior with one stochastic layer, and every prior on top of the
+# hierarchical VAE (which brings its own top-down posterior): (prior, posterior, layers).
+COMPONENTS = ([(prior, posterior, 1) for prior in sorted(PRIORS) for posterior in sorted(POSTERIORS)]
+            + [(prior, "diagonal", 2) for prior in sorted(PRIORS)])
+COMPONENT_IDS = [f"{p}-{q}-{n}layer" for p, q, n in COMPONENTS]
+
+
+def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False, prior="normal",
+         posterior="diagonal", layers=1, seed=0) -> VAE:
+    """A small model: `variant` is an architecture ("conv:resize" = arch conv, layout resize),
+    `likelihood` a likelihood ("gaussian:learned" = gaussian with a learned std)."""
+    torch.manual_seed(seed)
     arch, _, layout = variant.partition(":")
     hidden = [16, 8] if arch == "mlp" else [4, 8]
     name, _, variance = likelihood.partition(":")
     cfg = ModelConfig(arch=arch, likelihood=name, gaussian_variance=variance or "fixed", latent_dim=latent_dim,
                       hidden=hidden, blocks=1, mixture_components=3, image_shape=list(shape),
                       conditional=conditional, num_classes=10 if conditional else 0,
-                      **({"conv_layout": layout} if layout else {}))
-    return VAE(cfg)
+                      prior=prior, prior_components=4, posterior=posterior, flow_steps=2, flow_hidden=12,
+                      latent_layers=layers, ladder_hidden=[10], **({"conv_layout": layout} if layout else {}))
+    cfg.validate()
+    return build_model(cfg)
+
+
+def test_every_variant_builds_its_family():
+    assert set(MODELS) >= {"vae", "hierarchical"}
+    for prior, posterior, layers in COMPONENTS:
+        model = make("mlp", "bernoulli", (1, 8, 8), prior=prior, posterior=posterior, layers=layers)
+        family = model_family(model.cfg)
+        assert family == ("vae" if layers == 1 else "hierarchical") and type(model) is MODELS[family]
+        assert model.latent_dim == 3 * layers and sum(model.layer_sizes) == model.latent_dim
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+@pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
+def test_component_shapes(arch, variant):
+    prior, posterior, layers = variant
+    model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
+    d = model.latent_dim
+    x = torch.rand(5, 1, 12, 12).bernoulli()
+    q = model.encode(x)
+    assert q.mean.shape == (5, d) and q.log_var.shape == (5, d)
+    assert q.sample().shape == (5, d) and q.sample(7).shape == (7, 5, d)
+    z, log_q = q.rsample_with_log_prob(7)
+    assert z.shape == (7, 5, d) and log_q.shape == (7, 5) and torch.isfinite(log_q).all()
+    assert model.prior.log_prob(z).shape == (7, 5) and model.prior.sample(4).shape == (4, d)
+    terms = model.elbo_terms(x, None, q)
+    assert terms.recon.shape == terms.kl.shape == (5,)
+    assert terms.kl_per_layer is None if layers == 1 else terms.kl_per_layer.shape == (5, layers)
+    logs = model.log_terms(x, None, 6, q)
+    assert all(t.shape == (6, 5) for t in logs)
+    assert model.log_weights(x, None, 6, q).shape == (6, 5)
+    assert model.decode(q.sample(3)).shape == (3, 5, 1, 12, 12)
+    assert model.sample(4).shape == (4, 1, 12, 12) and model.reconstruct(x).shape == x.shape
+    assert model.dimension_kl(q).shape == (5, d)
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+@pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
+def test_component_save_load_round_trip(tmp_path, arch, variant):
+    prior, posterior, layers = variant
+    model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
+    save_weights(model, tmp_path / "w.safetensors")
+    other = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers, seed=1)
+    x = torch.rand(4, 1, 12, 12).bernoulli()
+
+    def weights(m):
+        return m.log_weights(x, None, 5, generator=torch.Generator().manual_seed(3))
+
+    assert not torch.equal(weights(model), weights(other))
+    load_weights(other, tmp_path / "w.safetensors")
+    assert torch.equal(weights(model), weights(other))  # encoder, flow, ladder, prior and decoder all loaded
+    z = torch.randn(6, model.latent_dim)
+    assert torch.equal(model.prior.log_prob(z), other.prior.log_prob(z))
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+@pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
+def test_component_determinism(arch, variant):
+    prior, posterior, layers = variant
+    a, b, c = (make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers, seed=s)
+               for s in (0, 0, 1))
+    state_a, state_b, state_c = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # same seed: same weights
+    assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
+    x = torch.rand(4, 1, 12, 12).bernoulli()
+    draws = [a.log_weights(x, None, 5, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    samples = [a.prior.sample(3, generator=torch.Generator().manual_seed(s)) for s in (2, 2)]
+    assert torch.equal(*samples)
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+@pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k(arch, variant):
+    """E[L_1] = ELBO <= E[L_10] <= E[L_100] (Burda et al. 2015, Theorem 1), from independent draws.
+
+    Every decoder weight is scaled up so that p(x|z) depends strongly on z: the true posterior is
+    then far from the untrained q and the bound's gaps are many standard errors wide.
+    """
+    prior, posterior, layers = variant
+    model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
+    with torch.no_grad():
+        for module in model.decoder.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.mul_(3.0)
+        x = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(5)).bernoulli()
+        q = model.encode(x)
+        gen = torch.Generator().manual_seed(11)
+        terms = model.elbo_terms(x, None, q, num_samples=1000, generator=gen)
+        elbo = -(terms.recon + terms.kl).mean()
+        bounds, errors = {}, {}
+        for k in (1, 10, 100):  # 1000 fresh weights per K, in groups of K: 1000 / K estimates of L_K
+            log_w = model.log_weights(x, None, 1000, q, gen).reshape(1000 // k, k, -1)
+            per_group = (torch.logsumexp(log_w, dim=1) - math.log(k)).mean(-1)  # (groups,) image means
+            bounds[k], errors[k] = per_group.mean(), per_group.std() / math.sqrt(per_group.numel())
+    assert abs(bounds[1] - elbo) < 4 * errors[1] + 1e-4 * abs(elbo), (bounds[1], elbo)  # L_1 estimates the ELBO
+    assert bounds[10] > elbo + 3 * errors[10], (bounds, elbo)
+    assert bounds[100] > bounds[10] + 3 * (errors[100] + errors[10]), bounds
 
 
 def test_every_likelihood_and_variance_is_covered():
@@ -95,10 +205,13 @@ def test_resnet_comes_back_at_odd_sizes(shape):
 
 @pytest.mark.parametrize("arch", VARIANTS)
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
-def test_gradients_reach_every_parameter(arch, objective):
-    model = make(arch, "bernoulli", conditional=True)
+@pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
+def test_gradients_reach_every_parameter(arch, objective, variant):
+    prior, posterior, layers = variant
+    conditional = prior != "vamp"  # the VampPrior's pseudo-inputs carry no label
+    model = make(arch, "bernoulli", conditional=conditional, prior=prior, posterior=posterior, layers=layers)
     x = torch.rand(6, 1, 28, 28)
-    y = torch.arange(6)
+    y = torch.arange(6) if conditional else None
     parts = OBJECTIVES[objective](model, x, y, 1.0, 3)
     parts.loss.backward()
     for name, p in model.named_parameters():

@@ -41,8 +41,8 @@ LikelihoodName = Literal["gaussian", "bernoulli", "logistic", "logistic-mixture"
 # How the gaussian likelihood's std is set (likelihoods.py GAUSSIAN_VARIANCES): fixed = gaussian_std;
 # learned = a parameter trained with the network; optimal = the sigma-VAE's closed form (Rybkin et al. 2021).
 GaussianVariance = Literal["fixed", "learned", "optimal"]
-PriorName = Literal["normal"]  # models/priors.py PRIORS
-PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
+PriorName = Literal["normal", "mog", "vamp"]  # models/priors.py PRIORS
+PosteriorName = Literal["diagonal", "iaf"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
 ConvLayout = Literal["transposed", "resize"]  # models/conv.py DECODER_STAGES
 Objective = Literal["elbo", "iwae"]
@@ -58,14 +58,18 @@ WeightsKind = Literal["raw", "ema"]
 RESNET_BOTTLENECK = 32
 # What the hand-derived step in vaelab.fused covers (checked again there, with the process count).
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
+MAX_LATENT_LAYERS = 16
+DEFAULT_LADDER_HIDDEN = [256]  # the deterministic MLP between stochastic layers (models/hierarchical.py)
 
 
 def fused_step_fits(cfg: RunConfig, world_size: int = 1) -> bool:
     """Whether the hand-derived step (vaelab.fused) covers this set-up: an mlp on the elbo, one of
     FUSED_ACTIVATIONS, float32, no --compile, one process (DDP averages gradients through
-    autograd's hooks). The one test both the config check and the training loop use."""
+    autograd's hooks), and the plain model: N(0, I) prior, diagonal posterior, one stochastic layer,
+    no free bits. The one test both the config check and the training loop use."""
     return (cfg.model.arch == "mlp" and cfg.train.objective == "elbo" and cfg.model.activation in FUSED_ACTIVATIONS
-            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal"
+            and cfg.model.prior == "normal" and cfg.model.posterior == "diagonal" and cfg.model.stochastic_layers == 1
+            and cfg.train.free_bits == 0.0
             and (cfg.model.likelihood == "bernoulli"
                  or (cfg.model.likelihood == "gaussian" and cfg.model.gaussian_variance == "fixed"))
             and cfg.train.precision == "fp32" and not cfg.train.compile and world_size == 1)
@@ -149,8 +153,17 @@ class ModelConfig:
     gaussian_variance: GaussianVariance = "fixed"
     mixture_components: int = 10  # logistic-mixture: logistics per pixel (PixelCNN++ uses 10 on CIFAR-10)
     conditional: bool = False  # condition encoder and decoder on the label (CVAE)
-    prior: PriorName = "normal"  # p(z): normal = N(0, I)
-    posterior: PosteriorName = "diagonal"  # q(z|x): diagonal = a diagonal Gaussian
+    prior: PriorName = "normal"  # p(z): normal = N(0, I), mog = learned Gaussian mixture, vamp = VampPrior
+    prior_components: int = 500  # K of the mog / vamp prior (Tomczak & Welling 2018 use 500 pseudo-inputs)
+    posterior: PosteriorName = "diagonal"  # q(z|x): diagonal Gaussian, or iaf = + inverse autoregressive flow
+    flow_steps: int = 2  # IAF steps after the diagonal Gaussian (--posterior iaf)
+    flow_hidden: int = 0  # width of each IAF step's MADE layers and of the context h; 0 = max(4·D, 64)
+    # Stochastic layers: 1 = the VAE; L >= 2 = the hierarchical VAE (models/hierarchical.py) with
+    # layer sizes `layer_dims` (bottom first; empty = latent_dim for every layer; given alone, its
+    # length is L) and deterministic MLPs of widths `ladder_hidden` between consecutive layers.
+    latent_layers: int = 1
+    layer_dims: list[int] = field(default_factory=list)
+    ladder_hidden: list[int] = field(default_factory=lambda: list(DEFAULT_LADDER_HIDDEN))
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
     num_classes: int = 0  # the labelled dataset's number of classes (0: unlabelled)
@@ -185,7 +198,46 @@ class ModelConfig:
                                 f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
         if not 0 <= self.num_classes <= 100_000:
             problems.append(f"num_classes must be in 0..100000, got {self.num_classes}")
+        problems += self._research_problems()
         return problems
+
+    def _research_problems(self) -> list[str]:
+        """Checks of the learned priors, the flow posterior and the hierarchical VAE."""
+        problems: list[str] = []
+        if not 1 <= self.prior_components <= 10_000:
+            problems.append(f"prior_components must be in 1..10000, got {self.prior_components}")
+        if not 1 <= self.flow_steps <= 64:
+            problems.append(f"flow_steps must be in 1..64, got {self.flow_steps}")
+        if not 0 <= self.flow_hidden <= 65536:
+            problems.append(f"flow_hidden must be in 0..65536 (0 = automatic), got {self.flow_hidden}")
+        if self.prior == "vamp" and self.conditional:
+            problems.append("--prior vamp encodes label-free pseudo-inputs; it does not combine with --conditional")
+        if not 1 <= self.latent_layers <= MAX_LATENT_LAYERS:
+            problems.append(f"latent_layers must be in 1..{MAX_LATENT_LAYERS}, got {self.latent_layers}")
+        elif len(self.layer_dims) == 1:
+            problems.append("layer_dims is for 2 or more stochastic layers; use --latent-dim for one layer")
+        elif len(self.layer_dims) > MAX_LATENT_LAYERS:
+            problems.append(f"layer_dims may hold at most {MAX_LATENT_LAYERS} sizes, got {len(self.layer_dims)}")
+        elif self.layer_dims and self.latent_layers not in (1, len(self.layer_dims)):
+            problems.append(f"layer_dims needs one size per stochastic layer ({self.latent_layers}), "
+                            f"got {self.layer_dims}")
+        if any(not 1 <= d <= 4096 for d in self.layer_dims):
+            problems.append(f"layer_dims must be sizes in 1..4096, got {self.layer_dims}")
+        if not 1 <= len(self.ladder_hidden) <= 16 or any(not 1 <= h <= 65536 for h in self.ladder_hidden):
+            problems.append(f"ladder_hidden must be 1 to 16 sizes in 1..65536, got {self.ladder_hidden}")
+        if self.stochastic_layers > 1 and self.posterior != "diagonal":
+            problems.append("the hierarchical VAE (--latent-layers >= 2) has its own top-down posterior; "
+                            "use --posterior diagonal")
+        return problems
+
+    @property
+    def stochastic_layers(self) -> int:
+        """L: the number of stochastic layers (`layer_dims`' length when given, else `latent_layers`)."""
+        return len(self.layer_dims) if self.layer_dims else self.latent_layers
+
+    def layer_sizes(self) -> list[int]:
+        """Sizes of the stochastic layers z_1 (bottom, next to the pixels) .. z_L (top)."""
+        return list(self.layer_dims) if self.layer_dims else [self.latent_dim] * self.latent_layers
 
 
 @dataclass
@@ -207,6 +259,9 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0  # linearly ramp the KL weight from 0 to beta over this many epochs
     objective: Objective = "elbo"
     iw_samples_train: int = 1  # K for --objective iwae
+    # Free bits (Kingma et al. 2016): each latent dimension's batch-mean KL enters the loss as
+    # max(free_bits, KL) nats (see objectives.free_bits_kl); 0 = off.
+    free_bits: float = 0.0
     # The learning rate of each epoch (vaelab.schedules), after `warmup_epochs` of linear warm-up.
     lr_schedule: ScheduleName = "constant"
     warmup_epochs: float = 0.0  # ramp the rate linearly from 0 over this many epochs (per step)
@@ -255,6 +310,10 @@ class TrainConfig:
             problems.append(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if not 1 <= self.iw_samples_train <= 10000:
             problems.append(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
+        if not 0.0 <= self.free_bits <= 100.0:
+            problems.append(f"free_bits must be in [0, 100] nats, got {self.free_bits}")
+        elif self.free_bits > 0 and self.objective != "elbo":
+            problems.append("--free-bits changes the ELBO's KL term; it needs --objective elbo")
         problems += self._optimizer_problems() + self._schedule_problems()
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -328,7 +387,8 @@ class RunConfig:
         if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
                             f"{', '.join(FUSED_ACTIVATIONS)}, --likelihood bernoulli or gaussian with "
-                            f"--gaussian-variance fixed, --precision fp32 and no --compile; "
+                            f"--gaussian-variance fixed, --precision fp32, no --compile, --prior normal, "
+                            f"--posterior diagonal, one stochastic layer and no --free-bits; "
                             f"use --step auto or autograd")
         _raise_problems(problems)
         return self
@@ -496,7 +556,8 @@ def approx_parameters(model: ModelConfig) -> float:
     way), plus dense layers between the last feature map (each stage halving every spatial
     size, rounding up; resnet's first stage keeps the full size) and the latent code via a dense
     width counted as 512 (directly, for the conv layout "transposed"; resnet: its two linear
-    layers between the code and the 32-channel bottleneck, counted exactly).
+    layers between the code and the 32-channel bottleneck, counted exactly). Plus the learned
+    prior, the flow and the hierarchical VAE's ladder (`_component_parameters`).
     """
     if model.image_shape is None:
         return 0.0
@@ -507,10 +568,12 @@ def approx_parameters(model: ModelConfig) -> float:
     latent = float(model.latent_dim)
     out = c * likelihood_param_channels(model)  # raw decoder channels
     pixels = math.prod(spatial)
+    encoder_out, decoder_in = _latent_widths(model)
+    components = _component_parameters(model, c * pixels)
     if model.arch == "mlp":
-        encoder = [c * pixels + extra, *hidden, 2 * latent]
-        decoder = [latent + extra, *reversed(hidden), out * pixels]
-        return sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+        encoder = [c * pixels + extra, *hidden, encoder_out]
+        decoder = [decoder_in + extra, *reversed(hidden), out * pixels]
+        return components + sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
     kernel = 4.0 ** len(spatial)
     channels = [max(c, out), *hidden]
     if model.arch == "resnet":  # per side: 2·blocks convs per stage, the convs between stages, stem/head, 1x1
@@ -526,12 +589,46 @@ def approx_parameters(model: ModelConfig) -> float:
     flat = hidden[-1] * math.prod(feature)
     if model.arch == "resnet":  # one linear layer each way between the code and the 32-channel bottleneck
         bottleneck = RESNET_BOTTLENECK * math.prod(feature)
-        dense = (bottleneck + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * bottleneck
+        dense = (bottleneck + extra + 1) * (max(encoder_out, 2 * latent) + extra) + (latent + extra + 1) * bottleneck
     elif model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
-        dense = (flat + extra + 1) * (2 * latent + extra) + (latent + extra + 1) * flat
+        dense = (flat + extra + 1) * (max(encoder_out, 2 * latent) + extra) + (latent + extra + 1) * flat
     else:
-        dense = (flat + extra + 1) * 512 + 513 * (2 * latent + extra)
-    return 2.0 * (convs + dense)
+        dense = (flat + extra + 1) * 512 + 513 * (max(encoder_out, 2 * latent) + extra)
+    return 2.0 * (convs + dense) + components
+
+
+def _flow_width(model: ModelConfig) -> float:
+    return float(model.flow_hidden or max(4 * model.latent_dim, 64))  # as models/iaf.py
+
+
+def _latent_widths(model: ModelConfig) -> tuple[float, float]:
+    """(encoder output width, decoder input width) of the model's networks."""
+    if model.stochastic_layers > 1:  # the ladder's first feature, and z_1 into the decoder
+        return float(model.ladder_hidden[-1]), float(model.layer_sizes()[0])
+    extra = _flow_width(model) if model.posterior == "iaf" else 0.0
+    return 2.0 * model.latent_dim + extra, float(model.latent_dim)
+
+
+def _component_parameters(model: ModelConfig, pixels: float) -> float:
+    """Parameters outside the encoder and decoder: learned prior, flow steps, ladder networks."""
+    sizes = [float(d) for d in model.layer_sizes()]
+    top = sizes[-1]
+    k = float(model.prior_components)
+    total = {"mog": k * (2 * top + 1), "vamp": k * pixels}.get(model.prior, 0.0)
+    if model.posterior == "iaf" and model.stochastic_layers == 1:
+        d, h = float(model.latent_dim), _flow_width(model)
+        total += model.flow_steps * ((d + 1) * h + h * h + (h + 1) * h + (h + 1) * 2 * d)
+    if model.stochastic_layers > 1:
+        ladder = [float(w) for w in model.ladder_hidden]
+        width = ladder[-1]
+
+        def dense(widths: list[float]) -> float:
+            return sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+
+        total += sum((width + 1) * 2 * d for d in sizes)  # the q heads
+        total += (len(sizes) - 1) * dense([width, *ladder])  # bottom-up
+        total += sum(dense([sizes[i + 1], *reversed(ladder), 2 * sizes[i]]) for i in range(len(sizes) - 1))  # down
+    return total
 
 
 def _short(value: Any) -> str:

@@ -195,20 +195,25 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
 
 
 def _elbo_parts(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], posterior,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """-E_q[log p(x|z)] over ELBO_SAMPLES draws and the KL, (B,) each: in one decode of all draws,
-    or, where they would not fit a chunk (`default_chunk`: large colour images, mixture
-    parameters), in groups of draws whose mean is taken."""
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """-E_q[log p(x|z)] over ELBO_SAMPLES draws and the KL, (B,) each, and a hierarchical model's KL
+    per layer (B, L) or None: in one decode of all draws, or, where they would not fit a chunk
+    (`default_chunk`: large colour images, mixture parameters), in groups of draws whose
+    draw-weighted mean is taken (a Monte Carlo KL is averaged the same way)."""
     chunk = default_chunk(model, x)
     if chunk >= ELBO_SAMPLES:
-        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=generator)
-        return recon, kl
-    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        terms = model.elbo_terms(x, y, posterior, num_samples=ELBO_SAMPLES, generator=generator)
+        return terms.recon, terms.kl, terms.kl_per_layer
+    sums: Optional[list[Optional[torch.Tensor]]] = None
     for start in range(0, ELBO_SAMPLES, chunk):
         k = min(chunk, ELBO_SAMPLES - start)
-        recon, kl, _ = model.elbo_terms(x, y, posterior, num_samples=k, generator=generator)
-        total += recon.double() * k
-    return (total / ELBO_SAMPLES).to(recon.dtype), kl
+        terms = model.elbo_terms(x, y, posterior, num_samples=k, generator=generator)
+        parts = [terms.recon, terms.kl, terms.kl_per_layer]
+        weighted = [None if t is None else t.double() * k for t in parts]
+        sums = weighted if sums is None else [None if a is None else a + b for a, b in zip(sums, weighted)]
+    dtype = terms.recon.dtype
+    recon, kl, per_layer = (None if t is None else (t / ELBO_SAMPLES).to(dtype) for t in sums)
+    return recon, kl, per_layer
 
 
 def bits_per_dim_protocol(likelihood, binarized: bool) -> str:
@@ -260,6 +265,7 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
     pixels = math.prod(model.image_shape)
     protocol = bits_per_dim_protocol(model.likelihood, dynamic_binarize if binarized is None else binarized)
     sums = torch.zeros(6, dtype=torch.float64)  # recon, kl, L_K, L_K of the dequantized images, psnr, ssim
+    layer_sums: Optional[torch.Tensor] = None  # a hierarchical model's KL per layer, summed over images
     sq_bound = 0.0
     means: list[torch.Tensor] = []
     count = 0
@@ -279,7 +285,10 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
             posterior = model.encode(x, y)
             # ELBO = E_q[log p(x|z)] - KL(q || p); the expectation over ELBO_SAMPLES draws, the KL
             # in closed form where it exists (else from the same draws): (S, B) -> (B,)
-            recon, kl = _elbo_parts(model, x, y, posterior, sample_gen)
+            recon, kl, per_layer = _elbo_parts(model, x, y, posterior, sample_gen)
+            if per_layer is not None:
+                part = per_layer.double().sum(0).cpu()  # (L,)
+                layer_sums = part if layer_sums is None else layer_sums + part
             bound = iwae_bound(model, x, y, iw_samples, posterior, sample_gen)  # (B,)
             x_hat = model.likelihood.mean(model.decode(posterior.mean, y)).float()  # decode(E_q[z]), (B, C, *S)
             deq_bound = torch.zeros_like(bound)
@@ -319,6 +328,8 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
         "unit_variances": [round(v, 5) for v in unit_variance.tolist()],
         "likelihood_seconds": round(time.perf_counter() - started, 2),
     }
+    if layer_sums is not None:  # layer 1 = the bottom (next to the pixels); they sum to `kl`
+        result["kl_per_layer"] = (layer_sums / max(count, 1)).tolist()
     return result
 
 
@@ -338,26 +349,42 @@ def reconstructions(model: VAE, split: Split, *, batch_size: int = 500, dynamic_
 
 @torch.inference_mode()
 def generated_samples(model: VAE, n: int, labels: Optional[torch.Tensor], *, batch_size: int = 500,
-                      seed: int = EVAL_SEED) -> torch.Tensor:
-    """n expected images decoded from z ~ N(0, I) (conditioned on `labels` for a CVAE) -> (n, C, H, W)."""
+                      seed: int = EVAL_SEED, sampler=None) -> torch.Tensor:
+    """n expected images decoded from draws of the model's prior (or of `sampler`, e.g. the fitted
+    Gaussian mixture of `vaelab.samplers`), conditioned on `labels` for a CVAE -> (n, C, H, W)."""
     gen = torch.Generator().manual_seed(seed + 2)
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = labels[start : start + b] if model.conditional and labels is not None else None
-        out.append(model.sample(b, y, generator=gen).float().cpu())
+        if sampler is None:
+            out.append(model.sample(b, y, generator=gen).float().cpu())
+        else:
+            z = sampler.sample(b, generator=gen).to(model.device)
+            out.append(model.decode_images(z, y).float().cpu())
     return torch.cat(out)
+
+
+def prior_description(model: VAE) -> str:
+    """The sampler behind `fid`: the model's own prior, by name."""
+    cfg = getattr(model, "cfg", None)
+    name = cfg.prior if cfg is not None else "normal"
+    layers = len(getattr(model, "layer_sizes", (0,)))
+    return f"the model's prior ({name}{f', {layers} stochastic layers' if layers > 1 else ''})"
 
 
 def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_samples: int = DEFAULT_IW_SAMPLES,
                    batch_size: int = 100, fid: bool = True, grey_data: Optional[ImageData] = None,
                    dataset_name: str = "", progress: bool = False, seed: int = EVAL_SEED,
-                   precision: DecoderPrecision = "auto") -> dict[str, Any]:
+                   precision: DecoderPrecision = "auto", sampler=None) -> dict[str, Any]:
     """Every number of `vaelab eval` for `model` on `data.<split_name>` as a flat JSON-able dict.
 
     `data` is what the model was trained on (static binarisation applied); `grey_data` the same
     images in grey values, for the classifier (defaults to `data`). FID and reconstruction
     accuracy need labels: they are None (with a reason) for unlabelled datasets or `fid=False`.
+    `fid` uses samples of the model's prior; with a fitted `sampler` (`vaelab fit-sampler`),
+    `fid_gmm` those of the sampler, against the same real images (`fid_sampler`/`fid_gmm_sampler`
+    say which was which).
     """
     from vaelab import __version__
 
@@ -370,7 +397,9 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
                                  dynamic_binarize=dynamic, binarized=cfg.data.binarize != "none", seed=seed,
                                  progress=progress, precision=precision))
     result["note"] = None if model.likelihood.discrete else DENSITY_NOTE
-    result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None)
+    result.update(fid=None, fid_samples=None, recon_accuracy=None, classifier_accuracy=None, classifier=None,
+                  fid_sampler=prior_description(model), fid_gmm=None,
+                  fid_gmm_sampler=None if sampler is None else sampler.description)
     grey = grey_data if grey_data is not None else data
     if not fid:
         result["fid_skipped"] = "--no-fid"
@@ -378,14 +407,16 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
         result["fid_skipped"] = "unlabelled dataset: no classifier to compute FID with"
     else:
         result.update(_classifier_scores(model, data, grey, split_name, dynamic, dataset_name or cfg.data.dataset,
-                                         progress, seed))
+                                         progress, seed, sampler))
+    if result["fid_gmm"] is None and "fid_skipped" not in result:
+        result["fid_gmm_skipped"] = "no fitted sampler: vaelab fit-sampler RUN --gmm K"
     result["seed"] = seed
     result["vaelab_version"] = __version__
     return result
 
 
 def _classifier_scores(model: VAE, data: ImageData, grey: ImageData, split_name: str, dynamic: bool,
-                       dataset_name: str, progress: bool, seed: int) -> dict[str, Any]:
+                       dataset_name: str, progress: bool, seed: int, sampler=None) -> dict[str, Any]:
     """FID of generated samples against the split, and the classifier's accuracy on reconstructions."""
     from vaelab.classifier import classifier_features, get_classifier, predict
     from vaelab.data.batches import to_float
@@ -399,9 +430,13 @@ def _classifier_scores(model: VAE, data: ImageData, grey: ImageData, split_name:
     real_split = grey.split(split_name)
     n = min(FID_SAMPLES, len(real_split))
     real = to_float(real_split.images[:n])
+    real_stats = feature_statistics(classifier_features(net, real))
     fake = generated_samples(model, n, real_split.labels[:n], seed=seed)
-    fid = frechet_distance(*feature_statistics(classifier_features(net, real)),
-                           *feature_statistics(classifier_features(net, fake)))
-    return {"fid": fid, "fid_samples": n, "recon_accuracy": recon_accuracy,
+    fid = frechet_distance(*real_stats, *feature_statistics(classifier_features(net, fake)))
+    fid_gmm = None
+    if sampler is not None:  # the same real images and seed, codes from the fitted mixture
+        fake = generated_samples(model, n, real_split.labels[:n], seed=seed, sampler=sampler)
+        fid_gmm = frechet_distance(*real_stats, *feature_statistics(classifier_features(net, fake)))
+    return {"fid": fid, "fid_gmm": fid_gmm, "fid_samples": n, "recon_accuracy": recon_accuracy,
             "classifier_accuracy": meta["test_accuracy"], "classifier": meta["key"],
             "classifier_seconds": round(time.perf_counter() - started, 2)}

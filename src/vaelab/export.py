@@ -36,7 +36,6 @@ from torch import nn
 
 from vaelab.checkpoint import atomic_write_text
 from vaelab.errors import RunError, VaelabError
-from vaelab.models.posterior import LOG_VAR_MAX, LOG_VAR_MIN
 
 EXPORT_DIR = "export"
 MANIFEST_FILE = "export.json"
@@ -55,32 +54,37 @@ def _one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Ten
 
 
 class DecoderGraph(nn.Module):
-    """z (B, D) [, y (B,)] -> (param, image), both (B, C, H, W): the model's decode path, graph-friendly."""
+    """z (B, D) [, y (B,)] -> (param, image), both (B, C, H, W): the model's decode path, graph-friendly.
+
+    A hierarchical model's code is [z_1 | ... | z_L]; its likelihood reads the bottom layer z_1 only."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.decoder = model.decoder
         self.likelihood = model.likelihood
         self.num_classes = int(model.num_classes)
+        self.bottom = int(getattr(model, "layer_sizes", (model.latent_dim,))[0])  # D for one layer
 
     def forward(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         cond = _one_hot(y, self.num_classes, z.dtype) if y is not None else None
-        param = self.likelihood.param(self.decoder(z, cond))
+        param = self.likelihood.param(self.decoder(z[..., : self.bottom], cond))
         return param, self.likelihood.mean(param)
 
 
 class EncoderGraph(nn.Module):
-    """x (B, C, H, W) [, y (B,)] -> (mean, log_var), both (B, D), log_var clamped as in `DiagonalGaussian`."""
+    """x (B, C, H, W) [, y (B,)] -> (mean, log_var), both (B, D): the posterior's `mean` (the code
+    the latent tools use: for an IAF posterior the flow's image of the base mean, for the
+    hierarchical VAE the zero-noise top-down pass) and `log_var` (clamped as in `DiagonalGaussian`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.encoder = model.encoder
+        self.model = model
         self.num_classes = int(model.num_classes)
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         cond = _one_hot(y, self.num_classes, x.dtype) if y is not None else None
-        mean, log_var = self.encoder(x, cond).chunk(2, dim=-1)  # (B, 2*D) -> 2 × (B, D)
-        return mean, log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
+        q = self.model.encode_with_condition(x, cond)
+        return q.mean, q.log_var
 
 
 @dataclass(frozen=True)

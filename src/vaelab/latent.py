@@ -49,9 +49,15 @@ class EncodedSplit:
     mean: torch.Tensor  # (N, D) posterior means
     log_var: torch.Tensor  # (N, D)
     labels: Optional[torch.Tensor]  # (N,) or None
+    # (N, D): each image's KL per dimension as the model defines it (`model.dimension_kl`: against the
+    # prior's marginals, or per layer given the layer above); None = against N(0, 1) from mean/log_var.
+    dim_kl: Optional[torch.Tensor] = None
 
     def kl_per_dim(self) -> torch.Tensor:
-        """Average KL(q(z_d|x) || N(0, 1)) per dimension -> (D,): how much each dim is used."""
+        """Average KL of each dimension to the prior -> (D,): how much each dim is used (for the
+        normal prior, KL(q(z_d|x) || N(0, 1)) in closed form)."""
+        if self.dim_kl is not None:
+            return self.dim_kl.mean(0)
         return 0.5 * (self.mean.square() + self.log_var.exp() - 1.0 - self.log_var).mean(0)
 
 
@@ -60,12 +66,78 @@ def encode_split(model: VAE, split: Split, batch_size: int = 1000, max_images: O
     """Posterior means and log-variances of (the first `max_images` of) a split."""
     if max_images is not None and max_images < len(split):
         split = Split(split.images[:max_images], None if split.labels is None else split.labels[:max_images])
-    means, log_vars = [], []
+    means, log_vars, kls = [], [], []
+    dimension_kl = getattr(model, "dimension_kl", None)
     for x, y in iterate_batches(split, batch_size, shuffle=False, device=model.device):
         q = model.encode(x, y if model.conditional else None)
         means.append(q.mean.float().cpu())
         log_vars.append(q.log_var.float().cpu())
-    return EncodedSplit(torch.cat(means), torch.cat(log_vars), split.labels)
+        if dimension_kl is not None:
+            kls.append(dimension_kl(q).float().cpu())
+    return EncodedSplit(torch.cat(means), torch.cat(log_vars), split.labels, torch.cat(kls) if kls else None)
+
+
+# ---- the prior's marginals and layers: what ranges, grids and per-layer tools follow -----------
+
+PRIOR_DRAWS = 20_000  # seeded prior draws behind the quantiles of a prior without closed forms
+
+
+def prior_marginals(model: VAE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each dimension's marginal mean and standard deviation under the model's prior, (D,) each."""
+    with torch.inference_mode():
+        return model.prior.marginals()
+
+
+@torch.inference_mode()
+def prior_quantiles(model: VAE, probs: torch.Tensor) -> torch.Tensor:
+    """The marginal quantiles of every dimension at `probs` (S,) -> (S, D): N(0, 1)'s exactly for the
+    normal prior, otherwise those of `PRIOR_DRAWS` seeded prior draws."""
+    if model.prior.standard_normal:
+        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, model.latent_dim).clone()
+    z = model.prior.sample(PRIOR_DRAWS, generator=torch.Generator().manual_seed(0)).float().cpu()
+    return torch.quantile(z, probs.float(), dim=0)
+
+
+def layer_sizes(model: VAE) -> tuple[int, ...]:
+    """The model's stochastic layers (bottom first); one layer for a plain VAE."""
+    return tuple(getattr(model, "layer_sizes", (model.latent_dim,)))
+
+
+def layer_of(model: VAE, dim: int) -> tuple[int, int]:
+    """Code dimension -> (its layer, 0-based from the bottom; its index inside that layer)."""
+    start = 0
+    for layer, size in enumerate(layer_sizes(model)):
+        if dim < start + size:
+            return layer, dim - start
+        start += size
+    raise ConfigError(f"latent dimension {dim} is out of range: this model has dims 0..{model.latent_dim - 1}")
+
+
+def layer_dims(model: VAE, layer: int) -> list[int]:
+    """The code dimensions of `layer` (1-based, 1 = the bottom, as the CLI's --layer)."""
+    sizes = layer_sizes(model)
+    if not 1 <= layer <= len(sizes):
+        raise ConfigError(f"--layer {layer}: this model has stochastic layers 1..{len(sizes)} (1 = the bottom)")
+    start = sum(sizes[: layer - 1])
+    return list(range(start, start + sizes[layer - 1]))
+
+
+def dim_name(model: VAE, dim: int) -> str:
+    """z[d] for one stochastic layer; z<l>[i] (layer l, 1-based, its dimension i) for several."""
+    if len(layer_sizes(model)) == 1:
+        return f"z[{dim}]"
+    layer, index = layer_of(model, dim)
+    return f"z{layer + 1}[{index}]"
+
+
+def _fill_below(model: VAE, codes: torch.Tensor, layer: int, temperature: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Regenerate the layers below `layer` (0-based) from the prior given the codes above (a no-op
+    for one stochastic layer)."""
+    fill = getattr(model, "fill_lower_layers", None)
+    if fill is None or layer == 0:
+        return codes
+    return fill(codes.to(model.device), layer, temperature, generator).float().cpu()
 
 
 @dataclass
@@ -201,11 +273,28 @@ def _fmt(v: float) -> str:
     return f"{v:+.2g}" if v else "0"
 
 
+def prior_name(model: VAE, temperature: float = 1.0) -> str:
+    """How figures name the model's prior: N(0, t² I), or e.g. 'the vamp prior'."""
+    if model.prior.standard_normal:
+        return f"N(0, {temperature:g}² I)"
+    cfg = getattr(model, "cfg", None)
+    name = f"the {cfg.prior} prior" if cfg is not None else "the prior"
+    if len(layer_sizes(model)) > 1:
+        name = f"the {len(layer_sizes(model))}-layer prior ({cfg.prior} on top)" if cfg is not None else name
+    return name + (f" at temperature {temperature:g}" if temperature != 1 else "")
+
+
 @torch.inference_mode()
 def sample_images(model: VAE, n: int = 64, temperature: float = 1.0, label: Optional[int] = None, seed: int = 0,
-                  nrow: Optional[int] = None) -> ImageTable:
+                  nrow: Optional[int] = None, layer: Optional[int] = None, sampler=None) -> ImageTable:
     """Decodings of n draws from the model's prior (N(0, t² I) for the normal prior); a conditional
-    model cycles through its labels unless `label` is given."""
+    model cycles through its labels unless `label` is given.
+
+    `layer` l (1-based, 1 = the bottom): every row shares one prior draw of the layers above l,
+    each tile draws layer l afresh and sets the layers below it to their conditional means, so a
+    row shows what layer l varies. `sampler` (e.g. the fitted GMM of `vaelab.samplers`) replaces
+    the prior: anything with `sample(n, generator, temperature) -> (n, D)` and a `description`.
+    """
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
     if not temperature > 0:
@@ -217,13 +306,39 @@ def sample_images(model: VAE, n: int = 64, temperature: float = 1.0, label: Opti
     else:
         y = label
     y = _condition(model, y, n, "sample")
-    z = model.prior.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature).cpu()
     nrow = nrow or math.ceil(math.sqrt(n))
+    generator = torch.Generator().manual_seed(seed)
+    if sampler is not None:
+        if layer is not None:
+            raise ConfigError("--layer draws from the model's own prior; leave out --sampler")
+        z = sampler.sample(n, generator=generator, temperature=temperature).float().cpu()
+        source = sampler.description
+    elif layer is not None:
+        z = _layer_samples(model, n, nrow, layer, temperature, generator)
+        source = f"{prior_name(model, temperature)}, layer {layer} drawn along each row"
+    else:
+        z = model.prior.sample(n, generator=generator, temperature=temperature).float().cpu()
+        source = prior_name(model, temperature)
     what = f"class {label}" if label is not None else ("one class per column" if model.conditional else "")
-    prior = f"N(0, {temperature:g}² I)" if model.prior.standard_normal else f"the {model.cfg.prior} prior"
-    title = f"Samples from {prior}" + (f", {what}" if what else "")
+    title = f"Samples from {source}" + (f", {what}" if what else "")
     cols = [str(c) for c in range(nrow)] if model.conditional and label is None else []
     return ImageTable(_decode(model, z, y), nrow, z, col_labels=cols, title=title)
+
+
+def _layer_samples(model: VAE, n: int, nrow: int, layer: int, temperature: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """(n, D) codes for `sample_images(..., layer=l)`: rows share the layers above l (a prior draw
+    per row), tiles draw layer l from p(z_l | z_{l+1}) (or the top prior), layers below at their means."""
+    layer_dims(model, layer)  # checks the layer exists
+    top = len(layer_sizes(model))
+    rows = math.ceil(n / nrow)
+    if layer == top:  # every tile a fresh top-layer draw
+        z = model.prior.sample(n, generator=generator, temperature=temperature).float().cpu()
+    else:
+        above = model.prior.sample(rows, generator=generator, temperature=temperature).float().cpu()  # (rows, D)
+        z = above.repeat_interleave(nrow, 0)[:n]  # (n, D): one row's tiles share its draw
+        z = _fill_below(model, z, layer, temperature, generator)  # draws layer l (and below) afresh
+    return _fill_below(model, z, layer - 1)  # the layers below l at their conditional means
 
 
 @torch.inference_mode()
@@ -260,26 +375,39 @@ def interpolate_images(model: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: 
 def traverse_images(model: VAE, dims: Sequence[int], base: Optional[torch.Tensor] = None,
                     span: tuple[float, float] = (-3.0, 3.0), steps: int = 9, y: Optional[int] = None,
                     kl: Optional[torch.Tensor] = None) -> ImageTable:
-    """One row per dim in `dims`: z[d] = base[d] + offset for `steps` offsets across `span`, the
-    other dims held at `base` (default 0). `kl` (D,) adds each dim's average KL to its row label."""
+    """One row per dim in `dims`: z[d] = base[d] + offset * s_d for `steps` offsets across `span`,
+    the other dims held at `base` (default: the prior's marginal mean, 0 for N(0, I)). s_d is the
+    dimension's marginal std under the prior (1 for N(0, I)), so a learned prior's traversal covers
+    its own spread. In a hierarchical model the layers below the moved dimension's layer are
+    regenerated as their conditional means given it (else the move would not reach the image).
+    `kl` (D,) adds each dim's average KL to its row label."""
     _check_dims(model, dims)
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {steps}")
     _check_figure(len(dims) * steps, float(span[0]), float(span[1]))
-    base = torch.zeros(model.latent_dim) if base is None else base.float().cpu()
+    centre, spread = prior_marginals(model)
+    standard = bool(model.prior.standard_normal)
+    base = centre.clone() if base is None else base.float().cpu()
     offsets = torch.linspace(float(span[0]), float(span[1]), steps)
-    codes = traversal_codes(base, dims, offsets)
-    rows = [f"z[{d}]" + (f" KL {kl[d]:.2f}" if kl is not None else "") for d in dims]
+    rows = []
+    for d in dims:
+        row = traversal_codes(base, [d], offsets * (1.0 if standard else float(spread[d])))  # (S, D)
+        rows.append(_fill_below(model, row, layer_of(model, d)[0]))
+    codes = torch.cat(rows)
+    labels = [dim_name(model, d) + (f" KL {kl[d]:.2f}" if kl is not None else "") for d in dims]
     images = _decode(model, codes, _condition(model, y, len(codes), "traverse"))
-    return ImageTable(images, steps, codes, rows, [_fmt(v) for v in offsets.tolist()],
-                      "Each row moves one latent dimension alone")
+    title = "Each row moves one latent dimension alone"
+    title += "" if standard else " (offsets in prior standard deviations)"
+    return ImageTable(images, steps, codes, labels, [_fmt(v) for v in offsets.tolist()], title)
 
 
 @torch.inference_mode()
 def manifold_images(model: VAE, dims: tuple[int, int] = (0, 1), steps: int = 15, base: Optional[torch.Tensor] = None,
                     y: Optional[int] = None) -> ImageTable:
-    """Decodings over a grid through the N(0, 1) quantiles of two dims (Kingma & Welling 2013,
-    Fig. 4); the other dims stay at `base` (default 0)."""
+    """Decodings over a grid through the marginal quantiles of two dims under the prior (N(0, 1)'s
+    for the normal prior: Kingma & Welling 2013, Fig. 4); the other dims stay at `base` (default:
+    the prior's marginal mean). In a hierarchical model the layers below the lower of the two
+    dims' layers are regenerated as their conditional means."""
     from vaelab.plots import manifold_grid_codes
 
     if model.latent_dim < 2:
@@ -290,13 +418,20 @@ def manifold_images(model: VAE, dims: tuple[int, int] = (0, 1), steps: int = 15,
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {steps}")
     _check_figure(steps * steps)
+    standard = bool(model.prior.standard_normal)
+    if base is None:
+        base = None if standard else prior_marginals(model)[0]
     base = None if base is None else base.float().cpu()
-    codes = manifold_grid_codes(steps, (dims[0], dims[1]), model.latent_dim, base)
+    quantiles = None if standard else prior_quantiles(model, torch.linspace(0.05, 0.95, steps))  # (S, D)
+    values = None if quantiles is None else (quantiles[:, dims[0]], quantiles[:, dims[1]])
+    codes = manifold_grid_codes(steps, (dims[0], dims[1]), model.latent_dim, base, values=values)
+    codes = _fill_below(model, codes, min(layer_of(model, dims[0])[0], layer_of(model, dims[1])[0]))
     images = _decode(model, codes, _condition(model, y, len(codes), "manifold"))
-    values = codes[:steps, dims[0]].tolist()  # first row: the x values, left to right
-    rows = [f"z[{dims[1]}]={v:.1f}" for v in codes[::steps, dims[1]].tolist()]
-    return ImageTable(images, steps, codes, rows, [f"{v:.1f}" for v in values],
-                      f"z[{dims[0]}] across, z[{dims[1]}] down (Gaussian quantiles)")
+    xs = codes[:steps, dims[0]].tolist()  # first row: the x values, left to right
+    name_x, name_y = dim_name(model, dims[0]), dim_name(model, dims[1])
+    rows = [f"{name_y}={v:.1f}" for v in codes[::steps, dims[1]].tolist()]
+    grid = "Gaussian quantiles" if standard else "quantiles of the prior's marginals"
+    return ImageTable(images, steps, codes, rows, [f"{v:.1f}" for v in xs], f"{name_x} across, {name_y} down ({grid})")
 
 
 @torch.inference_mode()

@@ -6,6 +6,9 @@
   Higgins et al. 2017).
 - `iwae`: the importance-weighted bound (Burda et al. 2015),
   L_K(x) = log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x); L_1 = ELBO, L_K increases with K.
+- free bits (`--free-bits lambda`, Kingma et al. 2016, Sec. 4 / Appendix C): the ELBO's KL term
+  becomes sum_j max(lambda_j, E_batch[KL_j]) over groups j of latent dimensions, so no group is
+  pushed below its floor (below it, the group's KL gets no gradient). See `free_bits_kl`.
 
 `OBJECTIVES` maps `--objective` to a function returning `LossParts` (per-image means, in nats).
 Objectives only call the model's API (`encode`, `elbo_terms`, `log_weights`), so they work for
@@ -16,12 +19,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 
 if TYPE_CHECKING:
+    from vaelab.config import TrainConfig
     from vaelab.models import VAE
+    from vaelab.models.vae import ElboTerms
 
 
 class LossParts(NamedTuple):
@@ -35,12 +41,52 @@ class LossParts(NamedTuple):
     extras: dict[str, torch.Tensor] = {}
 
 
-def elbo_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1) -> LossParts:
-    """Negative ELBO with a beta-weighted KL. x (B, C, H, W) -> scalars."""
+def free_bits_kl(terms: ElboTerms, layer_sizes: tuple[int, ...], free_bits: float) -> torch.Tensor:
+    """The free-bits KL term sum_j max(floor_j, mean over the batch of KL_j) (Kingma et al. 2016).
+
+    Groups j, from the finest the KL allows: each latent dimension (floor lambda) where the KL is
+    closed-form per dimension (`terms.kl_per_dim`, a diagonal posterior against N(0, I), or every
+    layer of a hierarchical model given the layer above); else each stochastic layer of D_l
+    dimensions (floor lambda * D_l, the same total as its dimensions' floors) where the model
+    reports `kl_per_layer`; else the whole code of D dimensions (floor lambda * D) -- a flow
+    posterior or a mixture prior, whose Monte Carlo KL does not split into dimensions.
+    """
+    if terms.kl_per_dim is not None:
+        kl = terms.kl_per_dim.mean(0)  # (D,)
+        floors = torch.full_like(kl, free_bits)
+    elif terms.kl_per_layer is not None:
+        kl = terms.kl_per_layer.mean(0)  # (L,)
+        floors = free_bits * torch.tensor(layer_sizes, dtype=kl.dtype, device=kl.device)
+    else:
+        kl = terms.kl.mean()[None]  # (1,)
+        floors = torch.full_like(kl, free_bits * sum(layer_sizes))
+    return torch.maximum(kl, floors).sum()
+
+
+def layer_extras(terms: ElboTerms) -> dict[str, torch.Tensor]:
+    """{kl_layer1: ..., kl_layerL: ...}: each stochastic layer's batch-mean KL (layer 1 = bottom)."""
+    if terms.kl_per_layer is None:
+        return {}
+    means = terms.kl_per_layer.mean(0)  # (L,)
+    return {f"kl_layer{layer + 1}": means[layer] for layer in range(means.shape[0])}
+
+
+def elbo_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1,
+              free_bits: float = 0.0) -> LossParts:
+    """Negative ELBO with a beta-weighted KL (floored by free bits when `free_bits` > 0). x (B, C, H, W) -> scalars.
+
+    `kl` is always the plain KL; with free bits the loss uses `free_bits_kl`, also logged as
+    extras["kl_free_bits"]. A hierarchical model's per-layer KLs are logged as kl_layer<l>.
+    """
     posterior = model.encode(x, y)
     terms = model.elbo_terms(x, y, posterior)  # one draw z (B, D) per image: h = sigma * N + mu
     recon, kl = terms.recon.mean(), terms.kl.mean()
-    return LossParts(recon + beta * kl, recon, kl)
+    extras = layer_extras(terms)
+    kl_term = kl
+    if free_bits > 0:
+        kl_term = free_bits_kl(terms, tuple(getattr(model, "layer_sizes", (model.latent_dim,))), free_bits)
+        extras["kl_free_bits"] = kl_term
+    return LossParts(recon + beta * kl_term, recon, kl, extras)
 
 
 def log_importance_weights(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], num_samples: int,
@@ -68,3 +114,11 @@ def iwae_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: floa
 
 
 OBJECTIVES: dict[str, Callable[..., LossParts]] = {"elbo": elbo_loss, "iwae": iwae_loss}
+
+
+def make_objective(train: TrainConfig) -> Callable[..., LossParts]:
+    """The training objective of a run: `OBJECTIVES[train.objective]`, with its free bits bound in."""
+    objective = OBJECTIVES[train.objective]
+    if train.free_bits > 0:  # only the ELBO takes free bits (checked by TrainConfig.problems)
+        return partial(objective, free_bits=train.free_bits)
+    return objective

@@ -93,10 +93,14 @@ def latent_figure(encoded: EncodedSplit, projection: Projection, path: str | Pat
 
 
 def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 16,
-                       generator: Optional[torch.Generator] = None) -> Path:
-    """Histogram of sampled codes h = sigma*N + mu per dimension, over the N(0, 1) density.
+                       generator: Optional[torch.Generator] = None, prior_draws: Optional[torch.Tensor] = None,
+                       dim_names: Optional[Sequence[str]] = None) -> Path:
+    """Histogram of sampled codes h = sigma*N + mu per dimension, over the N(0, 1) density, or,
+    given `prior_draws` (M, D) of a prior without a closed form, over the histogram of those draws
+    (each panel then spans that dimension's prior mean ± 4 std).
 
     Dimensions are ordered by average KL (most informative first); at most `max_dims` shown.
+    (For a flow posterior, sigma is the base Gaussian's: the histogram is an approximation.)
     """
     std = (0.5 * encoded.log_var).exp()
     codes = encoded.mean + std * torch.randn(encoded.mean.shape, generator=generator)
@@ -105,19 +109,28 @@ def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 
     rows = math.ceil(len(order) / cols)
     # Shared x axis, fixed margins instead of tight_layout, few ticks: a 16-panel figure takes
     # about a quarter of the time tight_layout and per-panel tick labels took.
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.1 * rows + 0.6), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.1 * rows + 0.6), squeeze=False,
+                             sharex=prior_draws is None)
     fig.subplots_adjust(left=0.03, right=0.98, bottom=0.6 / (2.1 * rows + 0.6) * 0.9, top=1 - 0.55 / (2.1 * rows + 0.6),
                         wspace=0.08, hspace=0.35)
     grid = np.linspace(-4, 4, 200)
     density = np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi)
     for ax, d in zip(axes.flat, order):
+        span = (-4.0, 4.0)
+        if prior_draws is not None:
+            centre, spread = float(prior_draws[:, d].mean()), float(prior_draws[:, d].std()) or 1.0
+            span = (centre - 4 * spread, centre + 4 * spread)
         # One filled polygon per histogram, not 60 bar patches: half the figure's drawing time.
-        ax.hist(codes[:, d].numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.6,
+        ax.hist(codes[:, d].numpy(), bins=60, range=span, density=True, color="tab:blue", alpha=0.6,
                 histtype="stepfilled")
-        ax.plot(grid, density, color="black", lw=1.2, label="N(0, 1)")
-        ax.set_title(f"z[{d}]", fontsize=9, pad=2)
+        if prior_draws is None:
+            ax.plot(grid, density, color="black", lw=1.2, label="N(0, 1)")
+            ax.set_xticks([-4, -2, 0, 2, 4])
+        else:
+            ax.hist(prior_draws[:, d].numpy(), bins=60, range=span, density=True, color="black", lw=1.2,
+                    histtype="step", label="prior (draws)")
+        ax.set_title(dim_names[d] if dim_names else f"z[{d}]", fontsize=9, pad=2)
         ax.set_yticks([])
-        ax.set_xticks([-4, -2, 0, 2, 4])
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
@@ -135,12 +148,16 @@ def reconstruction_figure(inputs: torch.Tensor, recons: torch.Tensor, path: str 
 
 
 def manifold_grid_codes(steps: int, dims: tuple[int, int], latent_dim: int,
-                        base: Optional[torch.Tensor] = None, edge: float = 0.05) -> torch.Tensor:
-    """(steps², D) codes on a grid through the N(0, 1) quantiles in `dims`, other dims = base."""
-    quantiles = torch.linspace(edge, 1 - edge, steps)
-    values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)  # (steps,)
+                        base: Optional[torch.Tensor] = None, edge: float = 0.05,
+                        values: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """(steps², D) codes on a grid through the N(0, 1) quantiles in `dims` (or through the given
+    `values` (steps,) of each of the two dims, ascending), other dims = base."""
+    if values is None:
+        quantiles = torch.linspace(edge, 1 - edge, steps)
+        normal = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)  # (steps,)
+        values = (normal, normal)
     z = (torch.zeros(latent_dim) if base is None else base.clone()).repeat(steps * steps, 1)
-    ys, xs = torch.meshgrid(values.flip(0), values, indexing="ij")  # top row = high z[j]
+    ys, xs = torch.meshgrid(values[1].flip(0), values[0], indexing="ij")  # top row = high z[j]
     z[:, dims[0]] = xs.reshape(-1)
     z[:, dims[1]] = ys.reshape(-1)
     return z
@@ -202,6 +219,19 @@ def figure_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
     sorted by class (a folder of class sub-folders) is not shown as its first class only."""
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
     return order[: min(n, n_total)]
+def prior_hist_arguments(model: VAE, seed: int = 0) -> dict:
+    """`latent_hist_figure`'s prior arguments for `model`: none for N(0, I) (its density is drawn),
+    seeded prior draws otherwise; and the dimensions' names (z2[3], ...) for a hierarchical model."""
+    from vaelab.latent import PRIOR_DRAWS, dim_name, layer_sizes
+
+    arguments: dict = {}
+    if not model.prior.standard_normal:
+        with torch.inference_mode():
+            draws = model.prior.sample(PRIOR_DRAWS, generator=torch.Generator().manual_seed(seed))
+        arguments["prior_draws"] = draws.float().cpu()
+    if len(layer_sizes(model)) > 1:
+        arguments["dim_names"] = [dim_name(model, d) for d in range(model.latent_dim)]
+    return arguments
 
 
 @torch.inference_mode()
@@ -221,7 +251,8 @@ def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon:
     encoded = encode_split(model, test)
     projection = fit_projection(encoded.mean)
     written = [latent_figure(encoded, projection, fig_dir / "latent.png", data.class_names),
-               latent_hist_figure(encoded, fig_dir / "latent_hist.png", generator=gen)]
+               latent_hist_figure(encoded, fig_dir / "latent_hist.png", generator=gen,
+                                  **prior_hist_arguments(model))]
     idx = figure_indices(len(test), n_recon, seed)  # a seeded random sample, not the first images
     x = to_float(test.images[idx]).to(model.device)
     y = None if test.labels is None else test.labels[idx].to(model.device)
@@ -233,10 +264,10 @@ def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon:
     samples = model.sample(n_samples, y_s, generator=gen)
     written.append(save_grid(samples, fig_dir / "samples.png", nrow=int(math.sqrt(n_samples))))
     if model.latent_dim == 2:
-        steps = 15
-        z = manifold_grid_codes(steps, (0, 1), 2).to(model.device)
-        y_m = torch.zeros(len(z), dtype=torch.long) if model.conditional else None
-        written.append(save_grid(model.decode_images(z, y_m), fig_dir / "manifold.png", nrow=steps))
+        from vaelab.latent import manifold_images
+
+        table = manifold_images(model, (0, 1), 15, y=0 if model.conditional else None)
+        written.append(save_grid(table.images, fig_dir / "manifold.png", nrow=table.nrow))
     metrics = Path(run_dir) / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         written.append(loss_figure(metrics, fig_dir / "loss.png"))

@@ -95,8 +95,13 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
             notes.append(f"eval.json could not be read: {exc}")
 
     m = cfg.model
-    facts = (f"{cfg.data.dataset} · {m.arch} {','.join(map(str, m.hidden))} · latent {m.latent_dim} · "
-             f"{m.likelihood} likelihood" + (" · conditional" if m.conditional else "")
+    latent = (f"latent {m.latent_dim}" if m.stochastic_layers == 1
+              else f"{m.stochastic_layers} latent layers {','.join(map(str, m.layer_sizes()))}")
+    components = [f"{m.prior} prior"] if m.prior != "normal" else []
+    components += [f"{m.posterior} posterior ({m.flow_steps} steps)"] if m.posterior != "diagonal" else []
+    facts = (f"{cfg.data.dataset} · {m.arch} {','.join(map(str, m.hidden))} · {latent} · "
+             + "".join(f"{c} · " for c in components)
+             + f"{m.likelihood} likelihood" + (" · conditional" if m.conditional else "")
              + f" · {len(metrics)} epochs")
     parts = [f"<h1>vaelab report: {_e(run_dir.resolve().name)}</h1>",
              f"<p class=\"sub\">{_e(facts)} · written {_e(time.strftime('%Y-%m-%d %H:%M'))} by vaelab "
@@ -169,7 +174,7 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
     if metrics and all("train_loss" in r and "val_loss" in r for r in metrics):
         drawn("loss", "Loss curves", "Negative ELBO per image, training and validation, per epoch.",
               lambda p: plots.loss_figure(run_dir / "metrics.jsonl", p))
-    grid("sample", "Samples", f"Decoded draws from the prior N(0, I). vaelab sample {run}",
+    grid("sample", "Samples", f"Decoded draws from {latent.prior_name(model)}. vaelab sample {run}",
          latent.sample_images(model, 64, seed=seed))
 
     test = data.test if data is not None else None
@@ -194,20 +199,23 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
                      latent.interpolate_images(model, to_float(test.images[0]), to_float(test.images[b]), 10, mode,
                                                y_of(0), y_of(b)))
     y0 = (y_of(0) if test is not None else 0) if cond else None
+    standard = model.prior.standard_normal
+    spread, centre = ("", "the origin") if standard else ("prior standard deviations", "the prior's mean")
     if encoded is not None:
         kl = encoded.kl_per_dim()
         dims = latent.rank_dimensions(encoded)[:10]
     else:
         kl, dims = None, list(range(min(10, model.latent_dim)))
     grid("traverse", "Latent traversal",
-         f"Each row moves one dimension from -3 to +3 around the origin; rows ordered by average KL over the test "
-         f"split (most informative first). vaelab traverse {run}",
+         f"Each row moves one dimension from -3 to +3 {spread} around {centre}; rows ordered by average KL over "
+         f"the test split (most informative first). vaelab traverse {run}",
          latent.traverse_images(model, dims, y=y0, kl=kl))
     if model.latent_dim >= 2:
         pair = (0, 1) if model.latent_dim == 2 or encoded is None else tuple(sorted(dims[:2]))
         grid("manifold", "Latent manifold",
-             f"Decodings over a grid of Gaussian quantiles of z[{pair[0]}] and z[{pair[1]}], the other dimensions "
-             f"at 0. vaelab manifold {run} --dims {pair[0]},{pair[1]}",
+             f"Decodings over a grid of {'Gaussian' if standard else 'the prior marginals’'} quantiles of "
+             f"{latent.dim_name(model, pair[0])} and {latent.dim_name(model, pair[1])}, the other dimensions at "
+             f"{'0' if standard else 'the prior mean'}. vaelab manifold {run} --dims {pair[0]},{pair[1]}",
              latent.manifold_images(model, pair, 15, y=y0))
     if test is not None and labels is not None:
         _edit_figure(model, data, grid, run, seed)
@@ -219,8 +227,10 @@ def _figures(model: VAE, run_dir: Path, data, metrics: list[dict], tmp: Path, se
         drawn("latent", "Latent codes of the test set",
               "Posterior means of the test images (PCA when the latent has more than 2 dimensions).",
               lambda p: plots.latent_figure(encoded, latent.fit_projection(encoded.mean), p, class_names))
-        drawn("latent-hist", "Latent histograms", "Sampled codes per dimension against the N(0, 1) prior.",
-              lambda p: plots.latent_hist_figure(encoded, p, generator=torch.Generator().manual_seed(seed)))
+        against = "the N(0, 1) prior" if standard else "draws of the prior"
+        drawn("latent-hist", "Latent histograms", f"Sampled codes per dimension against {against}.",
+              lambda p: plots.latent_hist_figure(encoded, p, generator=torch.Generator().manual_seed(seed),
+                                                 **plots.prior_hist_arguments(model, seed)))
     return figures
 
 

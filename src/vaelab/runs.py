@@ -6,6 +6,7 @@
     RUN/metrics.jsonl          one JSON line per epoch
     RUN/figures/*.png          latent.png, latent_hist.png, reconstructions.png, samples.png,
                                manifold.png (2-D latents), loss.png
+    RUN/sampler.{safetensors,json}  a Gaussian mixture over the training codes (vaelab fit-sampler)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
-                 "tensorboard", "export", "mlflow.json", "anomaly")
+                 "tensorboard", "export", "mlflow.json", "anomaly", "sampler.safetensors", "sampler.json")
 # LOCK_FILE (the one-writer lock, vaelab.runlock) is never removed and does not count as content.
 
 

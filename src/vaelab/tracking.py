@@ -8,7 +8,7 @@ TensorBoard logging goes through `torch.utils.tensorboard`.
   `lr`, `beta`, …) and `kl_per_dim/z<d>`, the validation posterior's average
   KL(q(z_d|x) || N(0, 1)) per latent dimension (how much each dimension is used);
 - images: `reconstructions` (fixed validation inputs above their reconstructions) and `samples`
-  (decodings of fixed draws from N(0, I)), so TensorBoard's slider shows them improve.
+  (decodings of fixed draws from the model's prior), so TensorBoard's slider shows them improve.
 The global step is the epoch number. TensorBoard is an optional dependency
 (`pip install 'vaelab[tensorboard]'`); `require_tensorboard` fails with one clear line.
 """
@@ -65,8 +65,7 @@ class TensorBoardHook:
         shown = _head(data.val, NUM_IMAGES)
         self.inputs = shown.images.float() / 255.0  # (n, C, H, W) in [0, 1]
         self.input_labels = shown.labels
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.prior_z = torch.randn(NUM_IMAGES, cfg.model.latent_dim, generator=generator)  # (n, D)
+        self.prior_seed = cfg.train.seed  # the same draws of the (possibly learned) prior every epoch
         classes = cfg.model.num_classes if cfg.model.conditional else 0
         self.prior_labels = torch.arange(NUM_IMAGES) % classes if classes else None
 
@@ -90,7 +89,9 @@ class TensorBoardHook:
             x = self.inputs.to(device)
             y = _on(self.input_labels, device) if model.conditional else None
             recon = model.reconstruct(x, y).float().cpu()  # (n, C, H, W)
-            samples = model.decode_images(self.prior_z.to(device), _on(self.prior_labels, device)).float().cpu()
+            prior_z = model.prior.sample(NUM_IMAGES, generator=torch.Generator().manual_seed(self.prior_seed),
+                                         device=device)  # (n, D), from the model's own prior
+            samples = model.decode_images(prior_z, _on(self.prior_labels, device)).float().cpu()
         n = len(x)
         self.writer.add_image("reconstructions", image_grid(torch.cat([x.cpu(), recon]), nrow=n), epoch,
                               dataformats="HWC")

@@ -71,7 +71,7 @@ from vaelab.fused import make_fused_step
 from vaelab.mlflow_tracking import resolve_uri
 from vaelab.models import build_model, use_fast_memory_format
 from vaelab.models.vae import resolve_hidden
-from vaelab.objectives import OBJECTIVES, LossParts
+from vaelab.objectives import LossParts, make_objective
 from vaelab.optim import make_optimizer, weight_decay_of
 from vaelab.runlock import file_stamp, run_lock
 from vaelab.runs import (
@@ -311,7 +311,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         tracking.start(cfg, run_dir, data, resumed=resume_from is not None)  # TensorBoard / MLflow
 
     # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.
-    step_loss = wrap_ddp(StepLoss(model, OBJECTIVES[tc.objective], tc.iw_samples_train, ctx), ctx, device)
+    step_loss = wrap_ddp(StepLoss(model, make_objective(tc), tc.iw_samples_train, ctx), ctx, device)
     if tc.compile:
         step_loss = _try_compile(step_loss, train_split, tc, ctx, autocast, use_labels, optimizer)
     fused = make_fused_step(model, cfg, ctx.world_size)  # None: autograd computes the gradients

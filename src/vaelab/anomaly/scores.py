@@ -169,8 +169,8 @@ def score(model: VAE, images: torch.Tensor, reference: Optional[NormalReference 
             batch: dict[str, torch.Tensor] = {"codes": posterior.mean}
             if need_elbo:
                 # (S, B) draws -> (B,): -E_q[log p(x|z)] and the KL, closed form where it exists.
-                recon, kl, _ = model.elbo_terms(x, None, posterior, num_samples=ELBO_SAMPLES,
-                                                generator=elbo_generator)
+                terms = model.elbo_terms(x, None, posterior, num_samples=ELBO_SAMPLES, generator=elbo_generator)
+                recon, kl = terms.recon, terms.kl
                 batch.update(neg_elbo=recon + kl, kl=kl)
             if need_bound:
                 batch["nll"] = -iwae_bound(model, x, None, iw_samples, posterior, bound_generator)  # (B,) -L_K

@@ -91,6 +91,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, iw_samples: int, batch_size: int) -> int:
     """Evaluate, print and write RUN/eval.json (holding the run's lock)."""
     from vaelab.evaluate import evaluate_model
+    from vaelab.samplers import load_sampler
 
     progress = not args.quiet and not args.json
     if progress:
@@ -99,7 +100,7 @@ def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, i
     started = time.perf_counter()
     result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
                             fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress,
-                            precision=args.precision)
+                            precision=args.precision, sampler=load_sampler(run_dir, model.latent_dim))
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["run"] = str(run_dir)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
@@ -135,12 +136,18 @@ def format_result(r: dict[str, Any]) -> str:
     ]
     if r["fid"] is not None:
         rows += [
-            ("fid", f"{r['fid']:.3f} ({r['fid_samples']} samples vs {r['split']} images, vaelab classifier features)"),
+            ("fid", f"{r['fid']:.3f} ({r['fid_samples']} samples of {r['fid_sampler']} vs {r['split']} images, "
+                    f"vaelab classifier features)"),
             ("recon_accuracy", f"{r['recon_accuracy']:.4f} (classifier accuracy on real {r['split']} images "
                                f"{r['classifier_accuracy']:.4f})"),
         ]
     else:
         rows.append(("fid", f"-  ({r.get('fid_skipped', 'skipped')})"))
+    if r.get("fid_gmm") is not None:
+        rows.append(("fid_gmm", f"{r['fid_gmm']:.3f} (the same, samples of {r['fid_gmm_sampler']})"))
+    if r.get("kl_per_layer"):
+        rows.append(("kl_per_layer", ", ".join(f"z{i + 1} {v:.3f}" for i, v in enumerate(r["kl_per_layer"]))
+                     + " (1 = the bottom layer)"))
     if r["note"]:
         rows.append(("note", r["note"]))
     if not math.isfinite(r["nll"]):

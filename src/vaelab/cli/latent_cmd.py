@@ -144,7 +144,16 @@ def run_sample(args: argparse.Namespace) -> int:
     from vaelab.latent import sample_images
 
     ctx = RunContext(args)
-    table = sample_images(ctx.model, args.num, args.temperature, ctx.label(args.label), args.seed, args.nrow)
+    sampler = None
+    if args.sampler == "gmm":
+        from vaelab.samplers import load_sampler
+
+        sampler = load_sampler(ctx.run_dir, ctx.model.latent_dim)
+        if sampler is None:
+            raise RunError(f"{ctx.run_dir} has no fitted sampler; fit one with vaelab fit-sampler {ctx.run_dir} "
+                           "--gmm 10")
+    table = sample_images(ctx.model, args.num, args.temperature, ctx.label(args.label), args.seed, args.nrow,
+                          layer=args.layer, sampler=sampler)
     return ctx.write(table, "sample")
 
 
@@ -206,9 +215,9 @@ def run_traverse(args: argparse.Namespace) -> int:
     base, y = base_code(ctx, args.image, args.label)
     if args.dims is None:
         kl = ctx.kl_per_dim
-        dims = kl.argsort(descending=True, stable=True)[: args.max_rows].tolist()
+        dims = ranked_dims(ctx, kl, args.layer)[: args.max_rows]
     else:
-        dims = args.dims
+        dims = layer_relative(ctx, args.dims, args.layer)
         try:  # the KL only labels the rows here: go on without it when the dataset is not at hand
             kl = ctx.kl_per_dim
         except DataError:
@@ -224,11 +233,11 @@ def run_manifold(args: argparse.Namespace) -> int:
     ctx = RunContext(args)
     base, y = base_code(ctx, args.image, args.label)
     if args.dims is not None:
-        dims = args.dims
-    elif ctx.cfg.model.latent_dim == 2:
+        dims = layer_relative(ctx, args.dims, args.layer)
+    elif ctx.model.latent_dim == 2:
         dims = [0, 1]
-    else:  # the two most informative dimensions, in index order
-        dims = sorted(ctx.kl_per_dim.argsort(descending=True, stable=True)[:2].tolist())
+    else:  # the two most informative dimensions (of --layer), in index order
+        dims = sorted(ranked_dims(ctx, ctx.kl_per_dim, args.layer)[:2])
     return ctx.write(manifold_images(ctx.model, tuple(dims), args.steps, base, y), "manifold")
 
 
@@ -267,6 +276,30 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+def ranked_dims(ctx: RunContext, kl: torch.Tensor, layer: Optional[int]) -> list[int]:
+    """Code dimensions by average KL, most informative first; only those of `layer` when given."""
+    from vaelab.latent import layer_dims
+
+    order = kl.argsort(descending=True, stable=True).tolist()
+    if layer is None:
+        return order
+    allowed = set(layer_dims(ctx.model, layer))
+    return [d for d in order if d in allowed]
+
+
+def layer_relative(ctx: RunContext, dims: list[int], layer: Optional[int]) -> list[int]:
+    """--dims as code dimensions: indices inside --layer's dimensions when a layer is given."""
+    from vaelab.latent import layer_dims
+
+    if layer is None:
+        return dims
+    own = layer_dims(ctx.model, layer)
+    bad = [d for d in dims if not 0 <= d < len(own)]
+    if bad:
+        raise ConfigError(f"--dims {bad[0]}: layer {layer} has dimensions 0..{len(own) - 1}")
+    return [own[d] for d in dims]
 
 
 def base_code(ctx: RunContext, image: Optional[str],
@@ -345,13 +378,19 @@ def _common(p: argparse.ArgumentParser, name: str, inputs: bool = True, out_help
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommand(s) to the `vaelab` parser."""
     p = sub.add_parser("sample", help="decode draws from the prior",
-                       description="Decode n draws z ~ N(0, t² I). Conditional runs: --label picks the class.")
+                       description="Decode n draws from the model's prior (z ~ N(0, t² I) for the normal "
+                                   "prior), or from the mixture of vaelab fit-sampler (--sampler gmm). "
+                                   "Conditional runs: --label picks the class.")
     _common(p, "sample", inputs=False)
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draws (default 1)")
     p.add_argument("--label", help="conditional runs: the class to generate (index or class name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0; same seed, same samples)")
     p.add_argument("--nrow", type=int, help="images per row")
+    p.add_argument("--sampler", choices=("prior", "gmm"), default="prior",
+                   help="prior: the model's own prior (default); gmm: the mixture fitted by vaelab fit-sampler")
+    p.add_argument("--layer", type=int, metavar="L", help="hierarchical runs: each row shares one draw of the "
+                   "layers above L; each image draws layer L afresh, the layers below at their means (1 = bottom)")
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser("reconstruct", help="inputs above their reconstructions (dataset images or your files)")
@@ -375,25 +414,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_interpolate)
 
     p = sub.add_parser("traverse", help="vary one latent dimension at a time",
-                       description="One row per latent dimension, moving it alone around A's code (or 0); "
-                                   "dimensions ordered by average KL over the test split, most informative first.")
+                       description="One row per latent dimension, moving it alone around A's code (or the "
+                                   "prior's mean); dimensions ordered by average KL over the test split, most "
+                                   "informative first.")
     _common(p, "traverse")
-    p.add_argument("--image", metavar="A", help="index into --split or an image file (default: the origin)")
+    p.add_argument("--image", metavar="A", help="index into --split or an image file (default: the prior's "
+                   "mean, the origin for N(0, I))")
     p.add_argument("--dims", type=int_list, help=f"dimensions, e.g. 0,3,5 (default: the top {DEFAULT_TRAVERSE_ROWS} "
                                                  "by KL)")
     p.add_argument("--range", type=float, nargs=2, default=[-3.0, 3.0], metavar=("LOW", "HIGH"),
-                   help="offsets added to the dimension (default -3 3)")
+                   help="offsets added to the dimension (default -3 3), in units of its prior standard "
+                        "deviation for a prior other than N(0, I)")
     p.add_argument("--steps", type=int, default=9, help="images per row (default 9)")
     p.add_argument("--max-rows", type=int, default=DEFAULT_TRAVERSE_ROWS, help="rows without --dims (default 10)")
+    p.add_argument("--layer", type=int, metavar="L", help="hierarchical runs: traverse dimensions of layer L only "
+                   "(1 = bottom); --dims then counts inside the layer; the layers below follow as conditional means")
     p.set_defaults(func=run_traverse)
 
     p = sub.add_parser("manifold", help="decode a grid over two latent dimensions",
-                       description="A grid through the N(0, 1) quantiles of two dimensions; the others at 0 "
-                                   "(or at --image's code).")
+                       description="A grid through the prior's marginal quantiles of two dimensions (N(0, 1)'s "
+                                   "for the normal prior); the others at the prior's mean (or at --image's code).")
     _common(p, "manifold")
     p.add_argument("--dims", type=int_list, help="two dimensions i,j (default: the two with the highest KL)")
     p.add_argument("--steps", type=int, default=15, help="grid size (default 15)")
     p.add_argument("--image", metavar="A", help="hold the other dimensions at this image's code")
+    p.add_argument("--layer", type=int, metavar="L", help="hierarchical runs: two dimensions of layer L "
+                   "(1 = bottom); --dims then counts inside the layer")
     p.set_defaults(func=run_manifold)
 
     p = sub.add_parser("edit", help="move an image's code along an attribute direction",

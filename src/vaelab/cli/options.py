@@ -131,6 +131,21 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--mixture-components", "model.mixture_components", int,
          "logistic-mixture: logistics per pixel (default 10)"),
     Flag("--conditional", "model.conditional", None, "condition encoder and decoder on the label", is_switch=True),
+    Flag("--prior", "model.prior", str, "p(z): normal (N(0, I), default), mog (a learned mixture of Gaussians) or "
+         "vamp (the VampPrior, Tomczak & Welling 2018)", ("normal", "mog", "vamp")),
+    Flag("--prior-components", "model.prior_components", int,
+         "K: mixture components (mog) or pseudo-inputs (vamp); default 500"),
+    Flag("--posterior", "model.posterior", str, "q(z|x): diagonal (default) or iaf (diagonal Gaussian + inverse "
+         "autoregressive flow, Kingma et al. 2016)", ("diagonal", "iaf")),
+    Flag("--flow-steps", "model.flow_steps", int, "IAF steps for --posterior iaf (default 2)"),
+    Flag("--flow-hidden", "model.flow_hidden", int, "width of each IAF step's MADE layers and of the context "
+         "vector h (0 = max(4 x latent-dim, 64))"),
+    Flag("--latent-layers", "model.latent_layers", int, "stochastic layers: 1 (default) or L >= 2 for the "
+         "hierarchical VAE with Ladder-VAE top-down inference"),
+    Flag("--layer-dims", "model.layer_dims", int_list, "hierarchical VAE: size of each stochastic layer, bottom "
+         "first, e.g. 64,32; alone it sets --latent-layers to its length (default: --latent-dim for every layer)"),
+    Flag("--ladder-hidden", "model.ladder_hidden", int_list, "hierarchical VAE: widths of the deterministic MLP "
+         "between consecutive stochastic layers (default 256)"),
     Flag("--epochs", "train.epochs", int, "passes over the training split"),
     Flag("--batch-size", "train.batch_size", int, "images per step (default 128)"),
     Flag("--lr", "train.lr", float, "learning rate (default 1e-3; the peak rate of a schedule)"),
@@ -164,6 +179,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--kl-warmup", "train.kl_warmup_epochs", float, "ramp the KL weight from 0 over this many epochs"),
     Flag("--objective", "train.objective", str, "elbo (default) or iwae", ("elbo", "iwae")),
     Flag("--iw-samples-train", "train.iw_samples_train", int, "importance samples K for --objective iwae"),
+    Flag("--free-bits", "train.free_bits", float, "free bits λ (Kingma et al. 2016): no latent dimension's "
+         "batch-mean KL is pushed below λ nats (0 = off; --objective elbo)"),
     Flag("--grad-clip", "train.grad_clip", float, "clip the global gradient norm (0 = off)"),
     Flag("--checkpoint-every", "train.checkpoint_every", int, "also checkpoint every N steps (0 = epoch ends)"),
     Flag("--device", "train.device", str, "auto, cpu or cuda", ("auto", "cpu", "cuda")),

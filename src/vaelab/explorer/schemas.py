@@ -55,6 +55,12 @@ class EncodeResponse(BaseModel):
     reconstruction: DataUrl
 
 
+class PriorSample(BaseModel):
+    """One draw from the model's own prior."""
+    z: list[float] = Field(description="a latent vector drawn from the prior, clipped to [-z_limit, z_limit]")
+    seed: int
+
+
 class DataItem(BaseModel):
     """One image of the run's split with its code and map position."""
     index: int
@@ -90,6 +96,7 @@ class Meta(BaseModel):
     map_points: int
     projection: str
     z_limit: float
+    prior: str = Field(default="normal", description="the prior the sample button draws from")
     max_upload_bytes: int
     kl_per_dim: list[float]
     dims_by_kl: list[int]

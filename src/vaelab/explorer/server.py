@@ -7,6 +7,7 @@
     POST /api/decode/batch          {"z": [[...], ...]} -> PNGs as data URLs (interpolation strips)
     POST /api/encode                multipart upload -> code, map position, reconstruction
     POST /api/anomaly               multipart upload -> anomaly scores, percentiles, maps (anomaly_view.py)
+    GET  /api/sample?seed=N         one draw from the model's own prior
     GET  /api/data/{index}          image `index` of the mapped split with its code
     GET  /api/data/{index}/image.png
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import torch
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +48,7 @@ from vaelab.explorer.schemas import (
     ErrorMessage,
     MapPoints,
     Meta,
+    PriorSample,
 )
 from vaelab.explorer.session import (
     DEFAULT_MAX_POINTS,
@@ -168,6 +170,9 @@ def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = Non
     ) -> dict[str, Any]:
         data = await file.read(max_upload_bytes + 1)
         return await run_in_threadpool(anomaly.analyse_upload, data, invert)
+    @app.get("/api/sample", response_model=PriorSample, responses=ERRORS, summary="One draw from the model's prior")
+    def prior_sample(seed: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> dict[str, Any]:
+        return {"z": session.prior_sample(seed), "seed": seed}
 
     @app.get("/api/data/{index}", response_model=DataItem, responses=ERRORS,
              summary="Image `index` of the mapped split, with its code")

@@ -81,9 +81,12 @@ class ExplorerSession:
         self.encoded = encode_split(model, subsample(split, max_points))  # mean (N, D)
         self.projection = fit_projection(self.encoded.mean)
         self.coords = self.projection(self.encoded.mean)  # (N, 2)
-        # Dimensions ordered by how much the model uses them (average KL to the prior).
+        # Dimensions ordered by how much the model uses them (average KL to the prior). A
+        # hierarchical model's decoder reads its bottom layer only: the sliders steer that layer
+        # (`vaelab traverse --layer L` shows the others, whose moves regenerate the layers below).
         self.kl_per_dim = self.encoded.kl_per_dim()  # (D,)
-        self.dims_by_kl = rank_dimensions(self.encoded)
+        decoded = int(getattr(model, "layer_sizes", (self.latent_dim,))[0])
+        self.dims_by_kl = [d for d in rank_dimensions(self.encoded) if d < decoded]
         self.slider_dims = self.dims_by_kl[: max(1, min(slider_dims, self.latent_dim))]
 
     # ---- construction ---------------------------------------------------------------------------
@@ -137,6 +140,12 @@ class ExplorerSession:
         return index
 
     # ---- model work ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prior_sample(self, seed: int) -> list[float]:
+        """One draw (D values) from the model's own prior, seeded, clipped to the z limit."""
+        z = self.model.prior.sample(1, generator=torch.Generator().manual_seed(int(seed)))[0]
+        return z.float().cpu().clamp(-self.z_limit, self.z_limit).tolist()
 
     def decode_uint8(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> np.ndarray:
         """z (B, D) -> decoded expected images, uint8 (B, C, H, W)."""
@@ -202,6 +211,7 @@ class ExplorerSession:
             "map_points": len(self.coords),
             "projection": "identity" if self.latent_dim <= 2 else "pca",
             "z_limit": self.z_limit,
+            "prior": getattr(getattr(self.model, "cfg", None), "prior", "normal"),
             "max_upload_bytes": self.max_upload_bytes,
             "kl_per_dim": [round(float(v), 5) for v in self.kl_per_dim],
             "dims_by_kl": self.dims_by_kl,

@@ -39,17 +39,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet": Architecture(ResNetEncoder, ResNetDecoder, (32, 64, 128)),
 }
 
-from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
+from vaelab.models.vae import VAE  # noqa: E402, I001  (needs ARCHITECTURES)
+from vaelab.models.hierarchical import HierarchicalVAE  # noqa: E402  (builds on VAE)
 
 # Model families: one class each, built from a ModelConfig; `model_family` says which a config
 # describes. Every family has the VAE's API (encode -> posterior, decode -> likelihood parameter,
 # prior, likelihood, elbo_terms, log_terms, log_weights, sample, reconstruct), so training,
 # evaluation and the latent tools serve them all.
-MODELS: dict[str, type[nn.Module]] = {"vae": VAE}
+MODELS: dict[str, type[nn.Module]] = {"vae": VAE, "hierarchical": HierarchicalVAE}
 
 
 def model_family(cfg: ModelConfig) -> str:
     """The `MODELS` key of the model `cfg` describes."""
+    if cfg.stochastic_layers > 1:
+        return "hierarchical"  # --latent-layers L >= 2 (models/hierarchical.py)
     return "vae"
 
 
@@ -73,6 +76,5 @@ def use_fast_memory_format(model: nn.Module, device: torch.device | str) -> nn.M
     return model
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "MODELS", "NetSpec", "POSTERIORS", "PRIORS", "VAE",
-           "build_model", "model_family",
-           "use_fast_memory_format"]
+__all__ = ["ARCHITECTURES", "Architecture", "DiagonalGaussian", "HierarchicalVAE", "MODELS", "NetSpec", "POSTERIORS",
+           "PRIORS", "VAE", "build_model", "model_family", "use_fast_memory_format"]

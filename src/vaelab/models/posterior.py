@@ -3,6 +3,8 @@ into a distribution object.
 
 - diagonal: q(z|x) = N(mean, diag(exp(log_var))), the encoder's output split in two
   (Kingma & Welling 2013).
+- iaf: that Gaussian followed by inverse autoregressive flow steps with a context vector from the
+  encoder (Kingma et al. 2016); see models/iaf.py.
 
 A head is an `nn.Module` of the VAE (a flow's parameters live in it). `head.stats_dim` is the
 encoder output width it needs; `head(stats)` returns the posterior object, which has
@@ -92,9 +94,16 @@ class DiagonalHead(nn.Module):
         return DiagonalGaussian(mean, log_var)
 
 
+def _iaf(cfg: ModelConfig) -> nn.Module:
+    from vaelab.models.iaf import IAFHead  # iaf.py builds on this module
+
+    return IAFHead(cfg.latent_dim, cfg.flow_steps, cfg.flow_hidden)
+
+
 # name -> factory(model config) -> head module (see the module docstring).
 POSTERIORS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "diagonal": lambda cfg: DiagonalHead(cfg.latent_dim),
+    "iaf": _iaf,
 }
 
 

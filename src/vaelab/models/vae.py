@@ -31,6 +31,13 @@ from vaelab.models.priors import build_prior
 from vaelab.models.spec import NetSpec
 
 
+def gaussian_kl(mean_q: torch.Tensor, log_var_q: torch.Tensor, mean_p: torch.Tensor,
+                log_var_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_q, exp(log_var_q)) || N(mean_p, exp(log_var_p))) per dimension (broadcasting)."""
+    return 0.5 * (log_var_p - log_var_q + (torch.exp(log_var_q) + (mean_q - mean_p).square()) * torch.exp(-log_var_p)
+                  - 1.0)
+
+
 def resolve_hidden(cfg: ModelConfig) -> list[int]:
     """The hidden sizes to build: the config's, or the architecture's default when empty."""
     return list(cfg.hidden) if cfg.hidden else list(ARCHITECTURES[cfg.arch].default_hidden)
@@ -42,6 +49,8 @@ class ElboTerms(NamedTuple):
     recon: torch.Tensor
     kl: torch.Tensor
     kl_per_dim: Optional[torch.Tensor]  # (B, D) where the KL is closed-form per dimension, else None
+    # (B, L): the KL of each stochastic layer of a hierarchical model (their sum is `kl`); None for one layer.
+    kl_per_layer: Optional[torch.Tensor] = None
 
 
 class LogTerms(NamedTuple):
@@ -57,6 +66,19 @@ class VAE(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self._init_common(cfg)
+        arch = ARCHITECTURES[cfg.arch]
+        self.posterior_head = build_posterior(cfg)
+        spec = NetSpec(image_shape=self.image_shape, hidden=tuple(resolve_hidden(cfg)), latent_dim=cfg.latent_dim,
+                       cond_dim=self.num_classes, activation=cfg.activation,
+                       encoder_out=self.posterior_head.stats_dim,
+                       decoder_channels=self.image_shape[0] * self.likelihood.param_channels, config=cfg)
+        self.encoder = arch.encoder(spec)
+        self.decoder = arch.decoder(spec)
+        self.prior = build_prior(cfg, self)  # last: a prior may use the encoder (VampPrior)
+
+    def _init_common(self, cfg: ModelConfig) -> None:
+        """What every model family shares: checks of the image shape, sizes, the likelihood."""
         if cfg.image_shape is None:
             raise ConfigError("model config has no image_shape; it is set from the data when training starts")
         arch = ARCHITECTURES[cfg.arch]
@@ -68,14 +90,24 @@ class VAE(nn.Module):
         self.latent_dim = cfg.latent_dim
         self.num_classes = cfg.num_classes if cfg.conditional else 0
         self.likelihood = build_likelihood(cfg)
-        self.posterior_head = build_posterior(cfg)
-        spec = NetSpec(image_shape=self.image_shape, hidden=tuple(resolve_hidden(cfg)), latent_dim=cfg.latent_dim,
-                       cond_dim=self.num_classes, activation=cfg.activation,
-                       encoder_out=self.posterior_head.stats_dim,
-                       decoder_channels=self.image_shape[0] * self.likelihood.param_channels, config=cfg)
-        self.encoder = arch.encoder(spec)
-        self.decoder = arch.decoder(spec)
-        self.prior = build_prior(cfg, self)  # last: a prior may use the encoder (VampPrior)
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Sizes of the stochastic layers, bottom first; a code (..., D) is their concatenation."""
+        return (self.latent_dim,)
+
+    def fill_lower_layers(self, z: torch.Tensor, layer: int, temperature: float = 0.0,
+                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Codes (N, D) with the layers below `layer` (0-based) regenerated from the prior given the
+        layers above; one stochastic layer has nothing below it, so z is returned as it is."""
+        return z
+
+    def dimension_kl(self, posterior) -> torch.Tensor:
+        """Each image's KL per latent dimension (B, D), what the latent tools rank dimensions by:
+        KL(N(mean_d, var_d) || N(m_d, s_d^2)) against the prior's marginal moments m, s (exact for
+        the normal prior; a moment-matched Gaussian for a mixture prior)."""
+        m, s = (t.to(posterior.mean) for t in self.prior.marginals())
+        return gaussian_kl(posterior.mean, posterior.log_var, m, 2 * torch.log(s.clamp_min(1e-12)))
 
     @property
     def conditional(self) -> bool:
@@ -103,7 +135,11 @@ class VAE(nn.Module):
     # ---- the model's densities -----------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         """x float (B, C, *S) in [0, 1] -> q(z|x): `.mean`, `.log_var` (B, D), `.sample()`, ..."""
-        stats = self.encoder(x, self._cond(y, x.shape[0]))  # (B, encoder_out)
+        return self.encode_with_condition(x, self._cond(y, x.shape[0]))
+
+    def encode_with_condition(self, x: torch.Tensor, cond: Optional[torch.Tensor]):
+        """`encode` with the one-hot label (B, num_classes) already made (or None): what export traces."""
+        stats = self.encoder(x, cond)  # (B, encoder_out)
         return self.posterior_head(stats)
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:

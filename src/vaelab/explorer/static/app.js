@@ -479,9 +479,13 @@ async function start() {
     state.dims.push(Number(event.target.value));
     buildSliders();
   });
-  $("#sample").addEventListener("click", () => {
-    // Box–Muller: one standard normal per dimension.
-    setZ(state.z.map(() => Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random())));
+  $("#sample").addEventListener("click", async () => {
+    // A draw from the model's own prior (N(0, I), a learned mixture, a VampPrior, a hierarchy).
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    try {
+      const {z} = await (await api(`/api/sample?seed=${seed}`)).json();
+      setZ(z.map(clampZ));
+    } catch (err) { status(err.message, true); }
   });
   $("#center").addEventListener("click", () => setZ(meta.latent_dim === 2 ? [0, 0] : map.center.slice()));
 
