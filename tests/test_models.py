@@ -129,7 +129,7 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(arch, variant):
     model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
     with torch.no_grad():
         for module in model.decoder.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.weight.mul_(3.0)
         x = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(5)).bernoulli()
         q = model.encode(x)

@@ -63,6 +63,8 @@ HIDDEN = {"mlp": "16", "conv": "4,8"}
 GENERIC_HIDDEN = "8,8"
 # Extra flags an objective needs (none unless listed).
 OBJECTIVE_FLAGS = {"iwae": ["--iw-samples-train", "2"]}
+# Switches an entry refuses (dropped from its cases): the VampPrior's pseudo-inputs carry no label.
+UNCONDITIONAL = {"vamp": ("--conditional",)}
 # The training switches, each a list of flags; spread round-robin over the cases.
 SWITCHES = {
     "dynamic+warmup": ["--binarize", "dynamic", "--kl-warmup", "1.5"],
@@ -94,8 +96,9 @@ def case_flags(case: Case, folder: Path) -> list[str]:
         tables.setdefault(section, []).append(f"{name} = {json.dumps(value)}")  # JSON scalars and lists are TOML
     config = folder / "case.toml"
     config.write_text("".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in tables.items()))
+    switches = [flag for flag in SWITCHES[switch] if flag not in UNCONDITIONAL.get(settings["model.prior"], ())]
     return ["--config", str(config), "--hidden", HIDDEN.get(settings["model.arch"], GENERIC_HIDDEN),
-            *OBJECTIVE_FLAGS.get(settings["train.objective"], []), *SWITCHES[switch]]
+            *OBJECTIVE_FLAGS.get(settings["train.objective"], []), *switches]
 
 
 def _fast_cases() -> list[Case]:
