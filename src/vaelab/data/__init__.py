@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split, apply_static_binarization
+from vaelab.data.base import FactorSpec, ImageData, Split, apply_static_binarization
 from vaelab.data.digits import load_digits
 from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
 from vaelab.data.npz import load_npz
+from vaelab.data.shapes import load_shapes
 from vaelab.errors import DataError
 
 DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
@@ -23,6 +24,7 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "fashion-mnist": load_fashion_mnist,
     "folder": load_folder,
     "npz": load_npz,
+    "shapes": load_shapes,
 }
 
 
@@ -36,4 +38,4 @@ def load_data(cfg: DataConfig) -> ImageData:
     return data
 
 
-__all__ = ["DATASETS", "ImageData", "Split", "load_data"]
+__all__ = ["DATASETS", "FactorSpec", "ImageData", "Split", "load_data"]
