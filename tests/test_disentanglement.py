@@ -160,6 +160,11 @@ def test_cli_writes_the_metrics_and_a_figure_per_dimension(shapes_run, capsys):
     first = result["metrics"]
     assert main(["disentanglement", str(shapes_run), "--images", "200", "--seed", "1", "--no-figures"]) == 0
     assert json.loads((shapes_run / "disentanglement.json").read_text())["metrics"] == first
+    # The HTML report shows the scores and the overview figure.
+    from vaelab.report import render_report
+
+    html = render_report(shapes_run)
+    assert "Disentanglement (disentanglement.json)" in html and "factors they capture" in html
 
 
 def test_cli_refuses_a_run_without_factors_in_one_line(tmp_path, capsys):
