@@ -30,12 +30,13 @@ SAMPLES = {
     "--optimizer": "adamw", "--weight-decay": "0.05", "--momentum": "0.9", "--lr-schedule": "cosine",
     "--warmup-epochs": "1.5", "--min-lr": "0.00001", "--lr-decay": "0.5", "--lr-step": "4", "--lr-patience": "2",
     "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",
-    "--mlflow": "http://127.0.0.1:5000",
+    "--mlflow": "http://127.0.0.1:5000", "--shapes-subsample": "1000", "--tc-weight": "3",
     "--slice-axis": "1",
     "--blocks": "3", "--gaussian-variance": "learned", "--mixture-components": "5",
 }
 # Flags that are only valid next to another setting.
-CONTEXT = {"--momentum": ["--optimizer", "sgd"]}
+CONTEXT = {"--momentum": ["--optimizer", "sgd"], "--shapes-subsample": ["--dataset", "shapes"],
+           "--tc-weight": ["--objective", "beta-tc"]}
 
 
 def _show(capsys, *argv: str) -> dict:

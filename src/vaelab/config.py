@@ -33,8 +33,13 @@ MAX_IW_SAMPLES = 1_000_000
 
 # A hand-edited or hostile config must not make `VAE(...)` allocate until the machine dies.
 MAX_PARAMETERS = 2_000_000_000
+# --dataset shapes (vaelab.data.shapes): the dSprites factor grid, 3 x 6 x 40 x 32 x 32 images.
+SHAPES_IMAGES = 737_280
+SHAPES_MIN_IMAGES = 10  # enough for a test, a validation and a training image
+# --objective beta-tc: the weight of the total correlation (Chen et al. 2018 use 6 on dSprites).
+DEFAULT_TC_WEIGHT = 6.0
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes"]
 Binarize = Literal["none", "dynamic", "static"]
 ArchName = Literal["mlp", "conv", "resnet"]  # models/__init__.py ARCHITECTURES
 LikelihoodName = Literal["gaussian", "bernoulli", "logistic", "logistic-mixture"]  # likelihoods.py LIKELIHOODS
@@ -45,7 +50,7 @@ PriorName = Literal["normal", "mog", "vamp"]  # models/priors.py PRIORS
 PosteriorName = Literal["diagonal", "iaf"]  # models/posterior.py POSTERIORS
 Activation = Literal["relu", "tanh", "elu", "gelu"]
 ConvLayout = Literal["transposed", "resize"]  # models/conv.py DECODER_STAGES
-Objective = Literal["elbo", "iwae"]
+Objective = Literal["elbo", "iwae", "beta-tc"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 StepKind = Literal["auto", "fused", "autograd"]
@@ -104,6 +109,8 @@ class DataConfig:
     keep_empty_slices: bool = False  # dicom / nifti: keep slices that are one constant value after windowing
     allow_mixed: bool = False  # dicom: allow several modalities (CT, MR, ...) in one dataset
     class_folders: bool = True  # dicom / nifti: the top-level sub-folders of data_dir are class labels
+    # shapes: a seeded random subset of this many of the 737,280 images (0 = all of them)
+    shapes_subsample: int = 0
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -127,6 +134,11 @@ class DataConfig:
             problems.append(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
         if any(c < 0 for c in self.train_classes) or len(set(self.train_classes)) != len(self.train_classes):
             problems.append(f"train_classes must be distinct labels >= 0, got {self.train_classes}")
+        if self.shapes_subsample and not SHAPES_MIN_IMAGES <= self.shapes_subsample <= SHAPES_IMAGES:
+            problems.append(f"shapes_subsample must be 0 (all {SHAPES_IMAGES:,} images) or in "
+                            f"{SHAPES_MIN_IMAGES}..{SHAPES_IMAGES}, got {self.shapes_subsample}")
+        elif self.shapes_subsample and self.dataset != "shapes":
+            problems.append(f"shapes_subsample is for --dataset shapes, not {self.dataset}")
         return problems
 
 
@@ -262,6 +274,8 @@ class TrainConfig:
     # Free bits (Kingma et al. 2016): each latent dimension's batch-mean KL enters the loss as
     # max(free_bits, KL) nats (see objectives.free_bits_kl); 0 = off.
     free_bits: float = 0.0
+    # --objective beta-tc: loss = recon + MI + tc_weight * TC + dim-KL (Chen et al. 2018; vaelab.total_correlation)
+    tc_weight: float = DEFAULT_TC_WEIGHT
     # The learning rate of each epoch (vaelab.schedules), after `warmup_epochs` of linear warm-up.
     lr_schedule: ScheduleName = "constant"
     warmup_epochs: float = 0.0  # ramp the rate linearly from 0 over this many epochs (per step)
@@ -314,6 +328,7 @@ class TrainConfig:
             problems.append(f"free_bits must be in [0, 100] nats, got {self.free_bits}")
         elif self.free_bits > 0 and self.objective != "elbo":
             problems.append("--free-bits changes the ELBO's KL term; it needs --objective elbo")
+        problems += self._tc_problems()
         problems += self._optimizer_problems() + self._schedule_problems()
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -327,6 +342,18 @@ class TrainConfig:
             problems.append(f"threads must be >= 0, got {self.threads}")
         if not 0 <= self.seed < MAX_SEED:
             problems.append(f"seed must be in 0..2**63-1, got {self.seed}")
+        return problems
+
+    def _tc_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not 0.0 <= self.tc_weight <= 1000.0:
+            problems.append(f"tc_weight must be in [0, 1000], got {self.tc_weight}")
+        elif self.objective != "beta-tc" and self.tc_weight != DEFAULT_TC_WEIGHT:
+            problems.append(f"--tc-weight is for --objective beta-tc, not {self.objective}")
+        if self.objective == "beta-tc" and self.beta != 1.0:
+            problems.append("--objective beta-tc weighs its terms itself (index-code MI and dimension-wise KL by 1, "
+                            "the total correlation by --tc-weight); leave --beta at 1 (--kl-warmup still ramps all "
+                            "three)")
         return problems
 
     def _optimizer_problems(self) -> list[str]:
@@ -382,6 +409,9 @@ class RunConfig:
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
+        if self.train.objective == "beta-tc" and (self.model.prior != "normal" or self.model.posterior != "diagonal"):
+            problems.append("--objective beta-tc splits the KL per latent dimension: it needs --prior normal and "
+                            "--posterior diagonal")
         if self.weights == "ema" and not self.train.ema_decay:
             problems.append("weights 'ema' needs train.ema_decay > 0")
         if self.train.step == "fused" and not fused_step_fits(self):

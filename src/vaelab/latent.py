@@ -65,7 +65,7 @@ class EncodedSplit:
 def encode_split(model: VAE, split: Split, batch_size: int = 1000, max_images: Optional[int] = None) -> EncodedSplit:
     """Posterior means and log-variances of (the first `max_images` of) a split."""
     if max_images is not None and max_images < len(split):
-        split = Split(split.images[:max_images], None if split.labels is None else split.labels[:max_images])
+        split = split.take(slice(0, max_images))
     means, log_vars, kls = [], [], []
     dimension_kl = getattr(model, "dimension_kl", None)
     for x, y in iterate_batches(split, batch_size, shuffle=False, device=model.device):
@@ -185,7 +185,7 @@ def subsample(split: Split, max_images: int, seed: int = 0) -> Split:
     if len(split) <= max_images:
         return split
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
-    return Split(split.images[idx], None if split.labels is None else split.labels[idx])
+    return split.take(idx)
 
 
 # ---- code operations: vaelab.latent_codes (re-exported here), and one that needs an EncodedSplit

@@ -9,8 +9,12 @@
 - free bits (`--free-bits lambda`, Kingma et al. 2016, Sec. 4 / Appendix C): the ELBO's KL term
   becomes sum_j max(lambda_j, E_batch[KL_j]) over groups j of latent dimensions, so no group is
   pushed below its floor (below it, the group's KL gets no gradient). See `free_bits_kl`.
+- `beta-tc`: beta-TCVAE (Chen et al. 2018): the KL split into index-code MI, total correlation
+  and dimension-wise KL, estimated by minibatch-weighted sampling (vaelab.total_correlation);
+  loss = recon + MI + tc_weight * TC + dim-KL.
 
-`OBJECTIVES` maps `--objective` to a function returning `LossParts` (per-image means, in nats).
+`OBJECTIVES` maps `--objective` to a function returning `LossParts` (per-image means, in nats);
+`make_objective` binds a run's further settings (the TC weight, the training set's size) to it.
 Objectives only call the model's API (`encode`, `elbo_terms`, `log_weights`), so they work for
 every prior, posterior and likelihood.
 """
@@ -23,6 +27,10 @@ from functools import partial
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
+
+from vaelab.config import DEFAULT_TC_WEIGHT
+from vaelab.errors import ConfigError
+from vaelab.total_correlation import kl_decomposition
 
 if TYPE_CHECKING:
     from vaelab.config import TrainConfig
@@ -113,12 +121,38 @@ def iwae_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: floa
     return LossParts(-bound.mean(), recon.detach(), kl.mean().detach())
 
 
-OBJECTIVES: dict[str, Callable[..., LossParts]] = {"elbo": elbo_loss, "iwae": iwae_loss}
+def beta_tc_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: float, num_samples: int = 1, *,
+                 tc_weight: float = DEFAULT_TC_WEIGHT, dataset_size: Optional[int] = None) -> LossParts:
+    """beta-TCVAE (Chen et al. 2018): recon + beta * (MI + tc_weight * TC + dim-KL), one draw per image.
+
+    `beta` is the KL weight of the training loop: 1, ramped from 0 by --kl-warmup (it scales all
+    three terms). `dataset_size` N is the training split's size (the MWS estimator weighs the
+    batch by it); None treats the batch as the whole data set. `kl` is the closed-form KL, as
+    for `elbo`; the three estimated terms are in `extras` (they sum to the Monte Carlo KL).
+    """
+    posterior = model.encode(x, y)
+    if not (hasattr(posterior, "kl_per_dim") and model.kl_is_closed_form(posterior)):
+        raise ConfigError("--objective beta-tc needs a diagonal Gaussian posterior and the N(0, I) prior")
+    z, log_qz_given_x = posterior.rsample_with_log_prob()  # (B, D), (B,): h = sigma * N + mu
+    recon = -model.likelihood.log_prob(x, model.decode(z, y))  # (B,)
+    parts = kl_decomposition(z, posterior.mean, posterior.log_var, log_qz_given_x, model.prior.log_prob(z),
+                             dataset_size or x.shape[0])
+    mi, tc, dim_kl = (term.mean() for term in parts)
+    recon = recon.mean()
+    loss = recon + beta * (mi + tc_weight * tc + dim_kl)
+    extras = {"index_code_mi": mi.detach(), "total_correlation": tc.detach(), "dim_kl": dim_kl.detach()}
+    return LossParts(loss, recon, posterior.kl().mean(), extras)
 
 
-def make_objective(train: TrainConfig) -> Callable[..., LossParts]:
-    """The training objective of a run: `OBJECTIVES[train.objective]`, with its free bits bound in."""
+OBJECTIVES: dict[str, Callable[..., LossParts]] = {"elbo": elbo_loss, "iwae": iwae_loss, "beta-tc": beta_tc_loss}
+
+
+def make_objective(train: TrainConfig, dataset_size: Optional[int] = None) -> Callable[..., LossParts]:
+    """The training objective of a run: `OBJECTIVES[train.objective]`, with the run's settings bound
+    in (elbo: its free bits; beta-tc: its TC weight and N, the size of the training split)."""
     objective = OBJECTIVES[train.objective]
+    if train.objective == "beta-tc":
+        return partial(objective, tc_weight=train.tc_weight, dataset_size=dataset_size)
     if train.free_bits > 0:  # only the ELBO takes free bits (checked by TrainConfig.problems)
         return partial(objective, free_bits=train.free_bits)
     return objective

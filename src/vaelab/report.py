@@ -113,11 +113,32 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
     parts += [_figure_html(f) for f in figures]
     if evaluation is not None:
         parts += ["<h2>Evaluation (eval.json)</h2>", _value_html(evaluation)]
+    parts += _disentanglement_html(run_dir, notes)
     parts += ["<h2>Configuration (config.json)</h2>", _value_html(_shown_config(cfg))]
     body = "\n".join(parts)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>vaelab report: {_e(run_dir.resolve().name)}</title>\n<style>{STYLE}</style>\n</head>\n"
             f"<body>\n{body}\n</body>\n</html>\n")
+
+
+def _disentanglement_html(run_dir: Path, notes: list[str]) -> list[str]:
+    """The scores of `vaelab disentanglement` and its overview figure, when the run has them."""
+    path = run_dir / "disentanglement.json"
+    if not path.is_file():
+        return []
+    try:
+        result = json.loads(path.read_text())
+        shown = {key: result[key] for key in ("metrics", "captures", "protocol")}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        notes.append(f"disentanglement.json could not be read: {exc}")
+        return []
+    parts = ["<h2>Disentanglement (disentanglement.json)</h2>", _value_html(shown)]
+    overview = run_dir / "figures" / "disentanglement.png"
+    if overview.is_file():
+        parts.append(_figure_html(ReportFigure("Latent dimensions and the factors they capture",
+                                               "Each row moves one latent dimension; its label names the factor it "
+                                               "shares the most information with.", overview.read_bytes())))
+    return parts
 
 
 # ---- data and figures ----------------------------------------------------------------------------

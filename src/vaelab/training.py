@@ -162,10 +162,14 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
 
 
 def _check_step(cfg: RunConfig, ctx: DistContext) -> None:
-    """`--step fused` under torchrun: refused before anything is written (the config alone
-    cannot know the process count; everything else was checked by `RunConfig.validate`)."""
+    """`--step fused` or `--objective beta-tc` under torchrun: refused before anything is written
+    (the config alone cannot know the process count; everything else was checked by
+    `RunConfig.validate`)."""
     if cfg.train.step == "fused" and not fused_step_fits(cfg, ctx.world_size):
         raise ConfigError("--step fused trains in one process; under torchrun use --step auto or autograd")
+    if cfg.train.objective == "beta-tc" and ctx.world_size > 1:  # each rank would see only its shard's codes
+        raise ConfigError("--objective beta-tc estimates q(z) from the whole batch and trains in one process, "
+                          "not under torchrun")
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] = None,
@@ -311,7 +315,7 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         tracking.start(cfg, run_dir, data, resumed=resume_from is not None)  # TensorBoard / MLflow
 
     # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.
-    step_loss = wrap_ddp(StepLoss(model, make_objective(tc), tc.iw_samples_train, ctx), ctx, device)
+    step_loss = wrap_ddp(StepLoss(model, make_objective(tc, n_train), tc.iw_samples_train, ctx), ctx, device)
     if tc.compile:
         step_loss = _try_compile(step_loss, train_split, tc, ctx, autocast, use_labels, optimizer)
     fused = make_fused_step(model, cfg, ctx.world_size)  # None: autograd computes the gradients

@@ -79,14 +79,16 @@ class Flag:
 
 TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz, "
-         "dicom, nifti (pip install 'vaelab[medical]')",
-         ("digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti")),
+         "dicom, nifti (pip install 'vaelab[medical]'), shapes (procedural dSprites, with factor labels)",
+         ("digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes")),
     Flag("--data-dir", "data.data_dir", str, "folder with the IDX files (mnist), the images (folder) or the "
          "scans (dicom, nifti; searched recursively)"),
     Flag("--data-path", "data.data_path", str, "the .npz file (npz)"),
     Flag("--image-size", "data.image_size", int, "folder/dicom/nifti: resize images to S×S (default 28; 64 for "
          "dicom/nifti)"),
     Flag("--channels", "data.channels", int, "folder/dicom/nifti: 1 (grey, default) or 3 (RGB)"),
+    Flag("--shapes-subsample", "data.shapes_subsample", int, "shapes: train on a seeded random subset of N of the "
+         "737,280 images (seeded by --split-seed; default 0 = all)", metavar="N"),
     Flag("--binarize", "data.binarize", str, "none (grey values), dynamic (resampled each use), static",
          ("none", "dynamic", "static")),
     Flag("--val-fraction", "data.val_fraction", float, "share of the training images held out (default 0.1)"),
@@ -177,7 +179,10 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--seed", "train.seed", int, "random seed (same seed on CPU -> same weights)"),
     Flag("--beta", "train.beta", float, "weight of the KL term (default 1)"),
     Flag("--kl-warmup", "train.kl_warmup_epochs", float, "ramp the KL weight from 0 over this many epochs"),
-    Flag("--objective", "train.objective", str, "elbo (default) or iwae", ("elbo", "iwae")),
+    Flag("--objective", "train.objective", str, "elbo (default), iwae, or beta-tc (beta-TCVAE: the KL split into "
+         "index-code MI, total correlation and dimension-wise KL)", ("elbo", "iwae", "beta-tc")),
+    Flag("--tc-weight", "train.tc_weight", float, "beta-tc: weight of the total correlation (default 6, Chen et al. "
+         "2018; the other two terms weigh 1)", metavar="B"),
     Flag("--iw-samples-train", "train.iw_samples_train", int, "importance samples K for --objective iwae"),
     Flag("--free-bits", "train.free_bits", float, "free bits λ (Kingma et al. 2016): no latent dimension's "
          "batch-mean KL is pushed below λ nats (0 = off; --objective elbo)"),

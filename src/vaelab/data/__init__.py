@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split, apply_static_binarization, keep_classes
+from vaelab.data.base import FactorSpec, ImageData, Split, apply_static_binarization, keep_classes
 from vaelab.data.dicom import load_dicom
 from vaelab.data.digits import load_digits
 from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
 from vaelab.data.nifti import load_nifti
 from vaelab.data.npz import load_npz
+from vaelab.data.shapes import load_shapes
 from vaelab.errors import DataError
 
 DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
@@ -28,6 +29,7 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "npz": load_npz,
     "dicom": load_dicom,  # pydicom, imported on use (pip install 'vaelab[medical]')
     "nifti": load_nifti,  # nibabel, likewise
+    "shapes": load_shapes,
 }
 
 
@@ -48,4 +50,4 @@ def load_data(cfg: DataConfig) -> ImageData:
     return data
 
 
-__all__ = ["DATASETS", "ImageData", "Split", "load_data"]
+__all__ = ["DATASETS", "FactorSpec", "ImageData", "Split", "load_data"]

@@ -13,13 +13,48 @@ from vaelab.errors import DataError
 
 @dataclass
 class Split:
-    """One split: `images` uint8 (N, C, H, W); `labels` int64 (N,) or None when unlabelled."""
+    """One split: `images` uint8 (N, C, H, W); `labels` int64 (N,) or None when unlabelled.
+
+    A dataset generated from known factors of variation (`--dataset shapes`) also carries
+    `factors` int64 (N, F): the index of each factor's value for every image (the values and
+    names are in `ImageData.factors`); None for every other dataset.
+    """
 
     images: torch.Tensor
     labels: Optional[torch.Tensor] = None
+    factors: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def take(self, idx: torch.Tensor | slice) -> Split:
+        """The rows `idx` (an index tensor or a slice) of images, labels and factors."""
+        def rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[idx]
+
+        return Split(self.images[idx], rows(self.labels), rows(self.factors))
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """The factors of variation behind a generated dataset (Split.factors holds their indices).
+
+    `values[k][i]` is the value of factor k's i-th level (e.g. a scale of 0.5 .. 1); factors
+    named in `categorical` are unordered (a shape), the others ordered quantities.
+    """
+
+    names: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    categorical: tuple[str, ...] = ()
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Number of levels of each factor."""
+        return tuple(len(v) for v in self.values)
+
+    def is_categorical(self) -> list[bool]:
+        """Per factor, whether it is unordered."""
+        return [name in self.categorical for name in self.names]
 
 
 @dataclass
@@ -31,6 +66,7 @@ class ImageData:
     val: Split
     test: Split
     class_names: list[str] = field(default_factory=list)
+    factors: Optional[FactorSpec] = None  # the factors of variation (`Split.factors`), if known
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -109,10 +145,7 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split off a seeded random `fraction` of `split` -> (rest, held_out); both non-empty."""
     keep, out = (torch.from_numpy(i) for i in holdout_indices(len(split), fraction, seed))
 
-    def take(idx: torch.Tensor) -> Split:
-        return Split(split.images[idx], None if split.labels is None else split.labels[idx])
-
-    return take(keep), take(out)
+    return split.take(keep), split.take(out)
 
 
 def keep_classes(data: ImageData, classes: list[int]) -> ImageData:
@@ -149,6 +182,7 @@ def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
     def binarize(split: Split) -> Split:
         probs = split.images.float().div_(255.0)
         bits = torch.bernoulli(probs, generator=gen).to(torch.uint8).mul_(255)
-        return Split(bits, split.labels)
+        return Split(bits, split.labels, split.factors)
 
-    return ImageData(data.name, binarize(data.train), binarize(data.val), binarize(data.test), data.class_names)
+    return ImageData(data.name, binarize(data.train), binarize(data.val), binarize(data.test), data.class_names,
+                     data.factors)

@@ -48,7 +48,7 @@ def to_device(split: Split, device: torch.device | str) -> Split:
     Batches drawn from a device-resident split never cross the host-device bus again.
     """
     labels = None if split.labels is None else split.labels.to(device)
-    return Split(split.images.to(device), labels)
+    return Split(split.images.to(device), labels, split.factors)
 
 
 def iterate_batches(

@@ -1,0 +1,1 @@
+"""Disentanglement metrics and figures (placeholder docstring)."""
