@@ -30,9 +30,12 @@ MAX_IW_SAMPLES = 1_000_000
 # A hand-edited or hostile config must not make `VAE(...)` allocate until the machine dies.
 MAX_PARAMETERS = 2_000_000_000
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "pairs"]
 Binarize = Literal["none", "dynamic", "static"]
-ArchName = Literal["mlp", "conv"]
+ArchName = Literal["mlp", "conv", "unet"]  # unet: the image-to-image family (--task translate)
+# What a run learns: generate = a VAE of the images; translate = an image-to-image model, the
+# Probabilistic U-Net (models/punet.py) of the target given an input image.
+Task = Literal["generate", "translate"]
 LikelihoodName = Literal["gaussian", "bernoulli"]
 PriorName = Literal["normal"]  # models/priors.py PRIORS
 PosteriorName = Literal["diagonal"]  # models/posterior.py POSTERIORS
@@ -62,6 +65,43 @@ def _raise_problems(problems: list[str]) -> None:
 
 
 @dataclass
+class DegradeConfig:
+    """A synthetic degradation (`--degrade noise=0.1,blur=1.5,downsample=2,jpeg=30`): the clean
+    images become the targets and their degraded copies the inputs of an image-to-image run.
+
+    Applied in this order (vaelab/data/degrade.py), afresh each time an image is used: Gaussian
+    blur of σ = `blur` pixels; downsampling by `downsample` (antialiased bicubic) and bicubic
+    upsampling back to the original size; additive Gaussian noise of std `noise` on [0, 1] pixel
+    values; clipping to [0, 1]; JPEG at quality `jpeg`. A zero (or downsample 1) leaves a step out.
+    """
+
+    noise: float = 0.0  # std of additive Gaussian noise on [0, 1] pixels
+    blur: float = 0.0  # σ of a Gaussian blur, in pixels
+    downsample: float = 1.0  # factor of the downsampling before bicubic upsampling (1 = none)
+    jpeg: int = 0  # JPEG quality 1..100 (0 = no JPEG step)
+
+    def problems(self) -> list[str]:
+        """One message per bad field (empty: valid)."""
+        problems: list[str] = []
+        if not 0.0 <= self.noise <= 1.0:
+            problems.append(f"degrade noise must be in [0, 1], got {self.noise}")
+        if not 0.0 <= self.blur <= 50.0:
+            problems.append(f"degrade blur must be in [0, 50] pixels, got {self.blur}")
+        if not 1.0 <= self.downsample <= 64.0:
+            problems.append(f"degrade downsample must be in [1, 64], got {self.downsample}")
+        if not 0 <= self.jpeg <= 100:
+            problems.append(f"degrade jpeg must be a quality in 1..100 (0 = off), got {self.jpeg}")
+        if not problems and self.is_identity:
+            problems.append("degrade changes nothing: give at least one of noise, blur, downsample > 1, jpeg")
+        return problems
+
+    @property
+    def is_identity(self) -> bool:
+        """True when no step is on (the input would equal the target)."""
+        return self.noise == 0 and self.blur == 0 and self.downsample == 1 and self.jpeg == 0
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are presented to the model."""
 
@@ -75,6 +115,11 @@ class DataConfig:
     split_seed: int = 0  # fixes the train/validation split and the static binarisation
     # folder: map 16-bit / float intensities [low, high] -> 0..255 (clipped); None = min..max per image
     intensity_window: Optional[list[float]] = None
+    # pairs (--task translate): input and target images matched by their path relative to each folder
+    input_dir: Optional[str] = None
+    target_dir: Optional[str] = None
+    # --task translate on an ordinary dataset: its images are the targets, degraded copies the inputs
+    degrade: Optional[DegradeConfig] = None
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -94,6 +139,14 @@ class DataConfig:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.split_seed < MAX_SEED:
             problems.append(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
+        if self.dataset == "pairs" and (self.input_dir is None or self.target_dir is None):
+            problems.append("--dataset pairs needs --input-dir A and --target-dir B")
+        if self.dataset != "pairs" and (self.input_dir is not None or self.target_dir is not None):
+            problems.append("--input-dir and --target-dir are for --dataset pairs")
+        if self.degrade is not None:
+            problems += self.degrade.problems()
+            if self.dataset == "pairs":
+                problems.append("--degrade makes inputs from clean images; --dataset pairs already has its inputs")
         return problems
 
 
@@ -114,9 +167,16 @@ class ModelConfig:
     conditional: bool = False  # condition encoder and decoder on the label (CVAE)
     prior: PriorName = "normal"  # p(z): normal = N(0, I)
     posterior: PosteriorName = "diagonal"  # q(z|x): diagonal = a diagonal Gaussian
+    # generate: a VAE of the images; translate: p(target | input image), the Probabilistic U-Net
+    # (--arch unet), whose prior p(z | input) is a network (models/punet.py).
+    task: Task = "generate"
+    # unet: decoder stages, counted from the output, that receive z (1 = only the final 1×1
+    # convolutions, as in Kohl et al. 2018; n > 1 also the last n - 1 up-sampling stages)
+    inject_stages: int = 1
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
     num_classes: int = 0
+    input_channels: int = 0  # translate: channels of the input image (the target's are image_shape[0])
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -141,6 +201,23 @@ class ModelConfig:
                                 f"(limit {MAX_PARAMETERS:.0e}); use smaller hidden sizes, latent_dim or images")
         if not 0 <= self.num_classes <= 100_000:
             problems.append(f"num_classes must be in 0..100000, got {self.num_classes}")
+        if self.input_channels not in (0, 1, 3):
+            problems.append(f"input_channels must be 1 or 3 (0 = unset), got {self.input_channels}")
+        if not 1 <= self.inject_stages <= 17:
+            problems.append(f"inject_stages must be between 1 and 17, got {self.inject_stages}")
+        elif self.arch == "unet" and self.hidden and self.inject_stages > len(self.hidden):
+            problems.append(f"inject_stages {self.inject_stages} is more than the U-Net's {len(self.hidden)} "
+                            f"levels (--hidden)")
+        translate = self.task == "translate"
+        if translate != (self.arch == "unet"):
+            problems.append("--task translate trains --arch unet (and --arch unet is for --task translate)")
+        if translate and self.conditional:
+            problems.append("--task translate conditions on the input image; leave out --conditional")
+        if translate and (self.prior != "normal" or self.posterior != "diagonal"):
+            problems.append("--task translate has its own prior network p(z | input) and a diagonal posterior; "
+                            "leave --prior and --posterior at their defaults")
+        if translate and self.image_shape is not None and len(self.image_shape) != 3:
+            problems.append("--task translate works on 2-D images (C, H, W)")
         return problems
 
 
@@ -223,6 +300,12 @@ class RunConfig:
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
+        translate_data = self.data.dataset == "pairs" or self.data.degrade is not None
+        if translate_data and self.model.task != "translate":
+            problems.append("--dataset pairs and --degrade give image pairs: train them with --task translate "
+                            "--arch unet")
+        if self.model.task == "translate" and self.data.binarize != "none":
+            problems.append("--task translate works on grey values; leave --binarize at none")
         if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
                             f"{', '.join(FUSED_ACTIVATIONS)}, --precision fp32 and no --compile; "
@@ -338,7 +421,9 @@ def likelihood_param_channels(model: ModelConfig) -> int:
 def approx_parameters(model: ModelConfig) -> float:
     """An upper-bound estimate of the model's parameter count, from the config alone (no allocation).
 
-    mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
+    mlp: its dense layers, counted exactly (+1 per layer). unet: its 3x3 convolutions counted as
+    4x4, two per level in each of its three contracting paths and its expanding path. Other
+    architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both
     ways, plus dense layers between the last feature map (each stage halving every spatial size,
     rounding up) and the latent code via a dense width counted as 512.
@@ -356,6 +441,13 @@ def approx_parameters(model: ModelConfig) -> float:
         decoder = [latent + extra, *reversed(hidden), out * pixels]
         return sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
     kernel = 4.0 ** len(spatial)
+    if model.arch == "unet":  # three contracting paths (U-Net, prior, posterior), one expanding, the 1x1 head
+        c_in = float(model.input_channels or c)
+        ins = [c_in + c, *hidden[:-1]]  # the posterior sees input and target
+        contracting = 3.0 * sum(kernel * ((a + 1) * b + (b + 1) * b) for a, b in zip(ins, hidden))
+        expanding = sum(kernel * ((b_next + b + latent + 1) * b + (b + 1) * b) for b, b_next in zip(hidden, hidden[1:]))
+        head = (hidden[0] + latent + 1) * hidden[0] + (hidden[0] + 1) * (hidden[0] + out)
+        return contracting + expanding + head + 2.0 * (hidden[-1] + 1) * 2 * latent
     channels = [max(c, out), *hidden]
     convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
     feature = list(spatial)

@@ -35,6 +35,10 @@ class Likelihood(nn.Module):
     name: str = ""
     discrete: bool = False  # log_prob is a log-probability of the 8-bit/binary data (not a density)
     param_channels: int = 1  # raw decoder channels per image channel
+    # Whether `pixel_std` is fitted to the data (a learned σ, the σ-VAE's, a decoder-predicted
+    # scale) rather than set by hand: only then is it part of a model's predictive uncertainty
+    # (the Probabilistic U-Net's `translate` std adds it to the spread of its samples).
+    fitted_std: bool = False
 
     def __init__(self, event_dims: int = 3) -> None:
         super().__init__()

@@ -183,12 +183,26 @@ def labelled_grid(images: torch.Tensor, nrow: int, path: str | Path, row_labels:
     return Path(path)
 
 
+def _translate_figures(model, data: ImageData, run_dir: str | Path, seed: int) -> list[Path]:
+    from vaelab.translate.figures import write_translate_run_figures
+
+    return write_translate_run_figures(model, data, run_dir, seed=seed)
+
+
+# Model family -> its figures (the VAE's are `write_run_figures` below).
+FAMILY_FIGURES = {"translate": _translate_figures}
+
+
 @torch.inference_mode()
 def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
                       seed: int = 0) -> list[Path]:
-    """Write every standard figure of a run into RUN/figures/."""
+    """Write every standard figure of a run into RUN/figures/ (another model family's own set)."""
     from vaelab.data.batches import to_float
     from vaelab.latent import encode_split, fit_projection
+    from vaelab.models import family_of
+
+    if family_of(model) in FAMILY_FIGURES:
+        return FAMILY_FIGURES[family_of(model)](model, data, run_dir, seed)
 
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from vaelab.presets import PRESETS
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
 # (the data decides image_shape and num_classes again when the repeated run starts).
-RUN_FACTS = ("version", "vaelab_version", "model.image_shape", "model.num_classes")
+RUN_FACTS = ("version", "vaelab_version", "model.image_shape", "model.num_classes", "model.input_channels")
 
 
 def int_list(text: str) -> list[int]:
@@ -63,9 +63,28 @@ class Flag:
     metavar: Optional[str] = None
 
 
+def degrade_spec(text: str) -> dict[str, float]:
+    """`--degrade noise=0.1,blur=1.5,downsample=2,jpeg=30` -> {"noise": 0.1, ...} (a DegradeConfig)."""
+    from vaelab.data.degrade import parse_degrade
+    from vaelab.errors import ConfigError as _ConfigError
+
+    try:
+        return parse_degrade(text)
+    except _ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 TRAIN_FLAGS: tuple[Flag, ...] = (
-    Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz",
-         ("digits", "mnist", "fashion-mnist", "folder", "npz")),
+    Flag("--task", "model.task", str, "generate (a VAE of the images, default) or translate (image to image: "
+         "the Probabilistic U-Net, with --arch unet and paired data)", ("generate", "translate")),
+    Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz, pairs "
+         "(translate: --input-dir and --target-dir)", ("digits", "mnist", "fashion-mnist", "folder", "npz", "pairs")),
+    Flag("--input-dir", "data.input_dir", str, "pairs: folder of input images (matched to targets by relative path)"),
+    Flag("--target-dir", "data.target_dir", str, "pairs: folder of target images"),
+    Flag("--degrade", "data.degrade", degrade_spec,
+         "translate: degraded copies of the dataset's images are the inputs, drawn afresh each time: any of "
+         "noise=STD (Gaussian, on [0, 1]), blur=SIGMA (px), downsample=F (then bicubic up), jpeg=QUALITY",
+         metavar="noise=0.1,blur=1.5,downsample=2,jpeg=30"),
     Flag("--data-dir", "data.data_dir", str, "folder with the IDX files (mnist) or the images (folder)"),
     Flag("--data-path", "data.data_path", str, "the .npz file (npz)"),
     Flag("--image-size", "data.image_size", int, "folder: resize images to S×S (default 28)"),
@@ -77,9 +96,12 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--intensity-window", "data.intensity_window", float_pair,
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
          "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's) or conv", ("mlp", "conv")),
+    Flag("--arch", "model.arch", str, "mlp (the paper's), conv, or unet (--task translate)", ("mlp", "conv", "unet")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
-    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256"),
+    Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256; unet: channels "
+         "per level, its length the depth (default 32,64,128)"),
+    Flag("--inject-stages", "model.inject_stages", int, "unet: decoder stages from the output that receive z "
+         "(1 = only the final 1x1 convolutions, as in Kohl et al. 2018)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
     Flag("--likelihood", "model.likelihood", str, "gaussian (the paper's MSE) or bernoulli (BCE on logits)",
          ("gaussian", "bernoulli")),
@@ -132,11 +154,28 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and f"{prefix}{k}" not in TABLE_KEYS:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _table_keys() -> frozenset[str]:
+    """Dotted keys whose value is itself a settings table (a nested dataclass, e.g. data.degrade)."""
+    import typing
+
+    keys = set()
+    for section in SECTIONS:
+        sub = type(getattr(RunConfig(), section))
+        hints = typing.get_type_hints(sub)
+        for f in dataclasses.fields(sub):
+            if any(dataclasses.is_dataclass(a) for a in (hints[f.name], *typing.get_args(hints[f.name]))):
+                keys.add(f"{section}.{f.name}")
+    return frozenset(keys)
+
+
+TABLE_KEYS = _table_keys()
 
 
 def known_keys() -> list[str]:
@@ -288,4 +327,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # a JSON string literal is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a nested settings table, written inline
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")

@@ -7,6 +7,7 @@ work ever runs in the training loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
@@ -15,6 +16,7 @@ from vaelab.data.digits import load_digits
 from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
 from vaelab.data.npz import load_npz
+from vaelab.data.pairs import load_pairs
 from vaelab.errors import DataError
 
 DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
@@ -23,17 +25,32 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "fashion-mnist": load_fashion_mnist,
     "folder": load_folder,
     "npz": load_npz,
+    "pairs": load_pairs,  # image-to-image: --input-dir A --target-dir B
 }
 
 
 def load_data(cfg: DataConfig) -> ImageData:
-    """Load the dataset named in `cfg`, split it, and apply static binarisation if asked."""
+    """Load the dataset named in `cfg`, split it, attach a `--degrade` degradation (its images
+    become the targets of image pairs) and apply static binarisation, if asked."""
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset '{cfg.dataset}'; choose from {', '.join(DATASETS)}")
     data = DATASETS[cfg.dataset](cfg)
+    if cfg.degrade is not None:
+        data = with_degradation(data, cfg)
     if cfg.binarize == "static":
         data = apply_static_binarization(data, seed=cfg.split_seed)
     return data
 
 
-__all__ = ["DATASETS", "ImageData", "Split", "load_data"]
+def with_degradation(data: ImageData, cfg: DataConfig) -> ImageData:
+    """`data` as image pairs whose inputs are fresh degraded copies of its images (`cfg.degrade`)."""
+    from vaelab.data.degrade import Degradation
+
+    if data.paired:
+        raise DataError(f"{data.name} already holds input images; --degrade is for datasets of clean images")
+    degradation = Degradation(cfg.degrade)
+    splits = [dataclasses.replace(s, degrade=degradation) for s in (data.train, data.val, data.test)]
+    return ImageData(data.name, *splits, data.class_names)
+
+
+__all__ = ["DATASETS", "ImageData", "Split", "load_data", "with_degradation"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -13,13 +15,34 @@ from vaelab.errors import DataError
 
 @dataclass
 class Split:
-    """One split: `images` uint8 (N, C, H, W); `labels` int64 (N,) or None when unlabelled."""
+    """One split: `images` uint8 (N, C, H, W); `labels` int64 (N,) or None when unlabelled.
+
+    An image-to-image split (`paired`) also says where each image's *input* comes from: `inputs`
+    uint8 (N, C_in, H, W), its partner image row by row (`images` are then the targets), or
+    `degrade`, a callable (vaelab.data.degrade.Degradation) that makes a fresh degraded copy of
+    each batch of targets. Batches of a paired split carry the input image where others carry the
+    label (see `batches.iterate_batches`).
+    """
 
     images: torch.Tensor
     labels: Optional[torch.Tensor] = None
+    inputs: Optional[torch.Tensor] = None
+    degrade: Optional[Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def paired(self) -> bool:
+        """Whether every image has an input image (an image-to-image split)."""
+        return self.inputs is not None or self.degrade is not None
+
+    def take(self, index: torch.Tensor | slice) -> Split:
+        """The rows `index` of every per-image tensor (images, labels, inputs); `degrade` is kept."""
+        def rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[index]
+
+        return Split(self.images[index], rows(self.labels), rows(self.inputs), self.degrade)
 
 
 @dataclass
@@ -34,9 +57,21 @@ class ImageData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image."""
+        """(C, H, W) of every image (of every target, for image-to-image data)."""
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
+
+    @property
+    def paired(self) -> bool:
+        """Whether this is image-to-image data (every split has input images)."""
+        return self.train.paired
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input images of paired data (those of the targets when degraded); 0 if unpaired."""
+        if self.train.inputs is not None:
+            return int(self.train.inputs.shape[1])
+        return self.image_shape[0] if self.paired else 0
 
     @property
     def num_classes(self) -> int:
@@ -90,11 +125,7 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     n_out = min(max(n_out, 1), n - 1)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     keep, out = order[n_out:].sort().values, order[:n_out].sort().values
-
-    def take(idx: torch.Tensor) -> Split:
-        return Split(split.images[idx], None if split.labels is None else split.labels[idx])
-
-    return take(keep), take(out)
+    return split.take(keep), split.take(out)
 
 
 def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
@@ -104,6 +135,6 @@ def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
     def binarize(split: Split) -> Split:
         probs = split.images.float().div_(255.0)
         bits = torch.bernoulli(probs, generator=gen).to(torch.uint8).mul_(255)
-        return Split(bits, split.labels)
+        return dataclasses.replace(split, images=bits)
 
     return ImageData(data.name, binarize(data.train), binarize(data.val), binarize(data.test), data.class_names)
