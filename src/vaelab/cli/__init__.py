@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "vaelab.cli.explore_cmd",
     "vaelab.cli.export_cmd",
     "vaelab.cli.import_cmd",
+    "vaelab.cli.translate_cmd",
 )
 
 

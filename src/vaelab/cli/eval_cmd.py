@@ -1,7 +1,9 @@
 """`vaelab eval RUN`: likelihood bound, ELBO, active units, FID and reconstruction accuracy.
 
 Prints a short table (or JSON with --json) and writes RUN/eval.json. The protocol is in
-`vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID).
+`vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID). An image-to-image run (--task translate)
+is evaluated by `vaelab.translate.evaluate` instead (PSNR/SSIM against baselines, calibration,
+GED): `EVALUATIONS` maps each model family to its evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from vaelab.config import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
 from vaelab.errors import ConfigError, RunError
 
 EVAL_FILE = "eval.json"
+# translate runs (vaelab/translate/evaluate.py; here so `vaelab eval --help` needs no torch)
+TRANSLATE_SAMPLES, TRANSLATE_IW_SAMPLES = 8, 100
+TRANSLATE_FLAGS = ("samples", "targets", "inputs", "max_images")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate RUN over a whole split and write RUN/eval.json.")
     p.add_argument("run", metavar="RUN", help="a run folder written by vaelab train")
     p.add_argument("--split", default="test", help="test (default) or val")
-    p.add_argument("--iw-samples", default=str(DEFAULT_IW_SAMPLES), metavar="K",
-                   help=f"importance samples K of the bound L_K (default {DEFAULT_IW_SAMPLES}, the standard)")
+    p.add_argument("--iw-samples", metavar="K",
+                   help=f"importance samples K of the bound L_K (default {DEFAULT_IW_SAMPLES}, the standard; "
+                        f"{TRANSLATE_IW_SAMPLES} for translate runs)")
     p.add_argument("--batch-size", default="100", metavar="B", help="images per batch (default 100)")
     p.add_argument("--no-fid", action="store_true", help="skip the classifier: no FID or reconstruction accuracy")
     p.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("image-to-image runs (--task translate): PSNR/SSIM against baselines, calibration, GED")
+    g.add_argument("--samples", metavar="K", help=f"samples per input (default {TRANSLATE_SAMPLES})")
+    g.add_argument("--targets", nargs="+", metavar="DIR",
+                   help="folders of targets (one per annotator), matched to the inputs by relative path: the "
+                        "generalised energy distance against several targets per input")
+    g.add_argument("--inputs", metavar="DIR", help="evaluate the images of DIR (with --targets) instead of a split")
+    g.add_argument("--max-images", metavar="N", help="only the first N inputs")
     p.set_defaults(func=run_eval)
 
 
@@ -49,7 +62,10 @@ def _positive_int(text: str, flag: str, upper: int) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Carry out `vaelab eval` with the parsed `args`; return the exit code."""
-    iw_samples = _positive_int(args.iw_samples, "--iw-samples", MAX_IW_SAMPLES)
+    for flag, text, upper in (("--iw-samples", args.iw_samples, MAX_IW_SAMPLES), ("--samples", args.samples, 1000),
+                              ("--max-images", args.max_images, 10**9)):
+        if text is not None:
+            _positive_int(text, flag, upper)  # checked before anything is loaded; used per model family
     batch_size = _positive_int(args.batch_size, "--batch-size", 100_000)
     if args.split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val, got '{args.split}'")
@@ -60,30 +76,14 @@ def run_eval(args: argparse.Namespace) -> int:
         raise RunError(f"run folder not found: {run_dir}")
 
     import vaelab
-    from vaelab.data import load_data
-    from vaelab.data.base import apply_static_binarization
-    from vaelab.evaluate import evaluate_model
+    from vaelab.models import family_of
     from vaelab.training import pick_device
 
     model = vaelab.load(run_dir, device=pick_device(args.device))
-    cfg = model.run_config
-    data_cfg = replace(cfg.data, binarize="none")
-    if args.data_dir:
-        data_cfg = replace(data_cfg, data_dir=args.data_dir)
-    grey = load_data(data_cfg)  # grey values: the classifier's input and the FID reference
-    data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
-    if tuple(grey.image_shape) != tuple(model.image_shape):
-        raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
     progress = not args.quiet and not args.json
-    if progress:
-        print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
-              f"with K = {iw_samples} importance samples ...", flush=True)
     started = time.perf_counter()
-    result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
-                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["run"] = str(run_dir)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    result, text = EVALUATIONS[family_of(model)](model, run_dir, args, batch_size, progress, started)
+    print(json.dumps(result, indent=2) if args.json else text(result))
     try:
         from vaelab.checkpoint import atomic_write_text
 
@@ -93,6 +93,57 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.json and not args.quiet:
         print(f"wrote {run_dir / EVAL_FILE}")
     return 0
+
+
+def _evaluate_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: int, progress: bool, started: float):
+    """A VAE run: the likelihood bound, ELBO, active units, FID and reconstruction accuracy."""
+    given = [f"--{name.replace('_', '-')}" for name in TRANSLATE_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{given[0]} is for image-to-image (--task translate) runs")
+    iw_samples = _positive_int(args.iw_samples or str(DEFAULT_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
+    from vaelab.data import load_data
+    from vaelab.data.base import apply_static_binarization
+    from vaelab.evaluate import evaluate_model
+
+    cfg = model.run_config
+    data_cfg = replace(cfg.data, binarize="none")
+    if args.data_dir:
+        data_cfg = replace(data_cfg, data_dir=args.data_dir)
+    grey = load_data(data_cfg)  # grey values: the classifier's input and the FID reference
+    data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
+    if tuple(grey.image_shape) != tuple(model.image_shape):
+        raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
+    if progress:
+        print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
+              f"with K = {iw_samples} importance samples ...", flush=True)
+    result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
+                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["run"] = str(run_dir)
+    return result, format_result
+
+
+def _evaluate_translate(model, run_dir: Path, args: argparse.Namespace, batch_size: int, progress: bool,
+                        started: float):
+    """An image-to-image run: PSNR/SSIM of the mean, the best sample and the baselines; calibration; GED."""
+    from vaelab.translate.evaluate import evaluate_run, format_translation
+
+    samples = _positive_int(args.samples or str(TRANSLATE_SAMPLES), "--samples", 1000)
+    iw_samples = _positive_int(args.iw_samples or str(TRANSLATE_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
+    max_images = None if args.max_images is None else _positive_int(args.max_images, "--max-images", 10**9)
+    if progress:
+        print(f"evaluating {run_dir} ({args.inputs or args.split}) with K = {samples} samples per input ...",
+              flush=True)
+    result = evaluate_run(model, split=args.split, data_dir=args.data_dir, num_samples=samples, iw_samples=iw_samples,
+                          batch_size=batch_size, targets=args.targets, inputs=args.inputs, max_images=max_images,
+                          progress=progress)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["run"] = str(run_dir)
+    return result, format_translation
+
+
+# Model family -> how `vaelab eval` evaluates it: (model, run, args, batch, progress, start) -> (result, formatter).
+EVALUATIONS = {"vae": _evaluate_vae, "translate": _evaluate_translate}
 
 
 def format_result(r: dict[str, Any]) -> str:

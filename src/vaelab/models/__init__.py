@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from vaelab.config import ModelConfig
+from vaelab.errors import ConfigError
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
 from vaelab.models.priors import PRIORS
-from vaelab.errors import ConfigError
 from vaelab.models.spec import NetSpec
 from vaelab.models.unet import DEFAULT_HIDDEN as UNET_DEFAULT_HIDDEN
 
@@ -47,8 +47,8 @@ def default_hidden(arch: str) -> tuple[int, ...]:
     return ARCHITECTURES[arch].default_hidden if arch in ARCHITECTURES else FAMILY_DEFAULT_HIDDEN[arch]
 
 
-from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
 from vaelab.models.punet import ProbabilisticUNet  # noqa: E402  (needs VAE's result types)
+from vaelab.models.vae import VAE  # noqa: E402  (needs ARCHITECTURES)
 
 # Model families: one class each, built from a ModelConfig; `model_family` says which a config
 # describes. Every family has the VAE's API (encode -> posterior, decode -> likelihood parameter,

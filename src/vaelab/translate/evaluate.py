@@ -86,7 +86,7 @@ def std_scale_on(model, pairs: EvalPairs, num_samples: int, batch_size: int, see
         out = model.translate(y.to(model.device), num_samples, generator)
         for target in targets:
             stds.append(out.std.float().cpu())
-            errors.append((out.mean.float().cpu() - target))
+            errors.append(out.mean.float().cpu() - target)
     return coverage_scale(torch.cat(stds), torch.cat(errors), seed=seed)
 
 
@@ -227,3 +227,55 @@ def format_translation(r: dict[str, Any]) -> str:
         f"  {'time':<20}{r['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, num_samples: int = DEFAULT_SAMPLES,
+                 iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100, targets: Optional[list[str]] = None,
+                 inputs: Optional[str] = None, max_images: Optional[int] = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """`vaelab eval` of an image-to-image run: its own `split` pairs, or `--inputs DIR` with
+    `--targets B1 ...`, or its split's inputs (a pairs run) with further `--targets` folders."""
+    import dataclasses
+
+    from vaelab.data import load_data
+    from vaelab.data.degrade import Degradation
+    from vaelab.data.pairs import pair_split_keys
+    from vaelab.errors import ConfigError
+    from vaelab.translate.io import folder_inputs, folder_targets
+
+    cfg = model.run_config
+    data_cfg = dataclasses.replace(cfg.data, data_dir=data_dir) if data_dir else cfg.data
+    data = load_data(data_cfg)
+    if tuple(data.image_shape[1:]) != tuple(model.image_shape[1:]) or data.image_shape[0] != model.image_shape[0]:
+        raise ConfigError(f"the data's images are {data.image_shape}, the model expects {tuple(model.image_shape)}")
+    window = None if cfg.data.intensity_window is None else tuple(cfg.data.intensity_window)
+    degradation = Degradation(cfg.data.degrade) if cfg.data.degrade is not None else None
+    kinds = degradation.kinds if degradation is not None else None
+    noise_std = cfg.data.degrade.noise if cfg.data.degrade is not None else 0.0
+    val = fixed_pairs(data.val, "validation split", max_images=max(TUNE_IMAGES, CALIBRATION_IMAGES))
+    if inputs is not None:
+        if not targets:
+            raise ConfigError("--inputs DIR needs the targets of its images: --targets B1 [B2 ...]")
+        keys, x = folder_inputs(inputs, model.input_shape, window)
+        test = EvalPairs(x, folder_targets(keys, targets, model.image_shape, window), f"--inputs {inputs}")
+        split = "inputs"
+    elif targets:
+        if cfg.data.dataset != "pairs":
+            raise ConfigError("--targets folders are matched to the inputs by relative path: give --inputs DIR "
+                              "too (this run's inputs are not files)")
+        keys = pair_split_keys(data_cfg)[split]
+        own = data.split(split)
+        test = EvalPairs(own.inputs.float() / 255.0, folder_targets(keys, targets, model.image_shape, window),
+                         f"{split} inputs, targets from {len(targets)} folder(s)")
+    else:
+        description = degradation.describe() if degradation is not None else f"{cfg.data.dataset} pairs"
+        test = fixed_pairs(data.split(split), description)
+    if max_images is not None:
+        test = test.head(max_images)
+    result = evaluate_translation(model, test, val, num_samples=num_samples, iw_samples=iw_samples,
+                                  batch_size=batch_size, kinds=kinds, noise_std=noise_std, progress=progress)
+    from vaelab import __version__
+
+    return {"split": split, "dataset": cfg.data.dataset, "pairs": test.source,
+            "degradation": dataclasses.asdict(cfg.data.degrade) if cfg.data.degrade is not None else None,
+            **result, "seed": EVAL_SEED, "vaelab_version": __version__}

@@ -71,8 +71,8 @@ def translation_figure(inputs: torch.Tensor, means: torch.Tensor, samples: torch
                 ax.set_title(columns[c], fontsize=8)
         if row_labels:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
-    fig.subplots_adjust(left=0.02 + (0.03 if row_labels else 0), right=0.9, bottom=0.02, top=1 - 0.5 / (tile * n + 0.55),
-                        wspace=0.05, hspace=0.08)
+    top = 1 - 0.5 / (tile * n + 0.55)
+    fig.subplots_adjust(left=0.05 if row_labels else 0.02, right=0.9, bottom=0.02, top=top, wspace=0.05, hspace=0.08)
     bar_ax = fig.add_axes((0.915, 0.1, 0.015, 0.75))
     bar = fig.colorbar(mappable, cax=bar_ax)
     bar.ax.tick_params(labelsize=7)
@@ -97,13 +97,15 @@ def write_translate_run_figures(model, data: ImageData, run_dir: str | Path, see
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     test = data.test
-    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: min(rows, len(test))].sort().values
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    pick = order[: min(rows, len(test))].sort().values  # a seeded random choice, not the first images
     pairs = fixed_pairs(test.take(pick), "test", seed=EVAL_SEED)
     out = model.translate(pairs.inputs.to(model.device), num_samples, torch.Generator().manual_seed(seed))
     written = [translation_figure(pairs.inputs, out.mean.cpu(), out.samples.cpu(), out.std.cpu(),
                                   fig_dir / "translations.png", targets=pairs.targets[0],
                                   row_labels=[f"test #{i}" for i in pick.tolist()],
-                                  title="Test inputs, mean prediction, samples z ~ p(z | input), per-pixel std, target")]
+                                  title="Test inputs, mean prediction, samples (z ~ p(z | input)), per-pixel std, "
+                                        "target")]
     metrics = Path(run_dir) / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         written.append(loss_figure(metrics, fig_dir / "loss.png"))
