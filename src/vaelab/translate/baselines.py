@@ -7,8 +7,8 @@
 - gaussian: a Gaussian filter (vaelab.data.degrade.gaussian_blur) with σ chosen on the validation
   split (the grid SIGMAS, best mean PSNR); for noise, JPEG, or pairs of unknown kind.
 - nlm: non-local means (Buades et al. 2005) from scikit-image, `denoise_nl_means` with 5×5
-  patches within 13×13 windows, fast mode, the noise σ from the degradation (else skimage's
-  `estimate_sigma` per image) and the filter strength h = f·σ with f chosen on the validation
+  patches within 13×13 windows, fast mode, the noise σ from the degradation (else estimated per
+  image, `estimate_noise_std`) and the filter strength h = f·σ with f chosen on the validation
   split (the grid NLM_FACTORS). Needs scikit-image (pip install 'vaelab[classical]'); without it
   the row says so instead of failing.
 
@@ -31,6 +31,15 @@ NLM_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.2)
 NLM_PATCH_SIZE, NLM_PATCH_DISTANCE = 5, 6
 TUNE_IMAGES = 200
 INSTALL_HINT = "pip install 'vaelab[classical]'"
+
+
+def estimate_noise_std(image: np.ndarray) -> float:
+    """Donoho & Johnstone 1994: σ ≈ median(|HH|) / 0.6745 over the finest diagonal Haar wavelet
+    coefficients HH = (a - b - c + d) / 2 of every 2×2 block (and channel); image (C, H, W)."""
+    h, w = image.shape[-2] // 2 * 2, image.shape[-1] // 2 * 2
+    x = image[..., :h, :w]
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    return float(np.median(np.abs(hh)) / 0.6745) if hh.size else 0.0
 
 
 class Identity:
@@ -101,7 +110,7 @@ class NonLocalMeans(Identity):
                 f"h = {self.params['h_factor']:g}·σ (tuned on the validation split)")
 
     def _run(self, inputs: torch.Tensor, factor: float) -> torch.Tensor:
-        from skimage.restoration import denoise_nl_means, estimate_sigma
+        from skimage.restoration import denoise_nl_means
 
         out = np.empty(tuple(inputs.shape), dtype=np.float64)
         arrays = inputs.detach().double().cpu().numpy()
@@ -109,7 +118,7 @@ class NonLocalMeans(Identity):
             colour = image.shape[0] == 3
             img = image.transpose(1, 2, 0) if colour else image[0]
             axis = -1 if colour else None
-            sigma = self.noise_std or float(estimate_sigma(img, channel_axis=axis, average_sigmas=True))
+            sigma = self.noise_std or estimate_noise_std(image)
             sigma = max(sigma, 1e-4)
             result = denoise_nl_means(img, h=factor * sigma, sigma=sigma, fast_mode=True, patch_size=NLM_PATCH_SIZE,
                                       patch_distance=NLM_PATCH_DISTANCE, channel_axis=axis)
