@@ -274,3 +274,19 @@ def test_punet_save_load_round_trip(tmp_path):
     gen = [torch.Generator().manual_seed(0) for _ in range(2)]
     torch.testing.assert_close(other.translate(y, 3, gen[0]).samples, model.translate(y, 3, gen[1]).samples,
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hidden, inject_stages, channels", [((4, 8), 1, 1), ((8, 16, 32), 3, 3), ((16,), 1, 1)])
+def test_punet_parameter_estimate_bounds_the_real_model(hidden, inject_stages, channels):
+    from vaelab.config import approx_parameters
+
+    model = make_punet(shape=(channels, 28, 28), hidden=hidden, inject_stages=inject_stages)
+    real = sum(p.numel() for p in model.parameters())
+    assert real <= approx_parameters(model.cfg) <= 10 * real
+
+
+def test_untrained_punet_predicts_its_input():
+    """The last layer's input shortcut starts as an identity (residual learning)."""
+    model = make_punet(hidden=(8, 16))
+    y = torch.rand(3, 1, 28, 28).clamp(0.02, 0.98)
+    assert float((model.translate(y, 2).mean - y).abs().max()) < 0.05

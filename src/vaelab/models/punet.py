@@ -24,10 +24,14 @@ from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.likelihoods import build_likelihood
+from vaelab.likelihoods import Bernoulli, Gaussian, build_likelihood
 from vaelab.models.posterior import DiagonalGaussian, build_posterior
 from vaelab.models.unet import GaussianEncoder, UNet
 from vaelab.models.vae import ElboTerms, LogTerms, resolve_hidden
+
+# Likelihoods whose expected image is the sigmoid of the first C raw channels: the U-Net starts
+# from its input for them (`UNet.start_from_input`).
+SIGMOID_MEAN = (Bernoulli, Gaussian)
 
 
 def gaussian_kl_per_dim(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:
@@ -83,6 +87,8 @@ class ProbabilisticUNet(nn.Module):
         self.posterior_net = GaussianEncoder(c_in + channels, hidden, cfg.activation, stats)  # q(z | y, x)
         self.unet = UNet(c_in, hidden, cfg.activation, cfg.latent_dim, channels * self.likelihood.param_channels,
                          cfg.inject_stages)
+        if isinstance(self.likelihood, SIGMOID_MEAN):  # their first C raw channels are logits of the image
+            self.unet.start_from_input(channels)
         # Channels-last (N, H, W, C) feature maps: PyTorch's CPU convolutions (oneDNN) run these small-
         # channel layers 1.5-2x faster than in the default layout (measured for 8-64 channels at 7-28 px).
         self.to(memory_format=torch.channels_last)

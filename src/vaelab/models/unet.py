@@ -7,7 +7,9 @@
   the image and concatenated to the features where it is injected: at the final 1×1 convolutions
   (the "f_comb" of Kohl et al.: three 1×1 convolutions, the last one to the likelihood's raw
   channels) and, with `inject_stages` n > 1, at the input of the last n - 1 up-sampling stages.
-  Everything before the first injection runs once per image however many z are decoded.
+  Everything before the first injection runs once per image however many z are decoded. The last
+  1×1 convolution also sees the input image as logits (`start_from_input`: an untrained model
+  predicts its input, and training learns the correction).
 - `GaussianEncoder`: the prior net p(z | y) and the posterior net q(z | y, x): the U-Net's
   contracting path (its own weights), global average pooling and a 1×1 convolution (a linear
   layer) to the 2·D statistics [mean | log-variance] of a diagonal Gaussian.
@@ -85,6 +87,13 @@ class Trunk(NamedTuple):
     skips: list[torch.Tensor]  # contracting features, finest first
     features: torch.Tensor  # (B, c, h, w): the input of the first stage that sees z
     next_stage: int  # index into `UNet.up` of that stage (len(up) = only the head is left)
+    input_logits: torch.Tensor  # (B, c_in, H, W): logit of the input image, the last layer's shortcut
+
+
+def image_logits(y: torch.Tensor) -> torch.Tensor:
+    """logit(y) of an image in [0, 1], clamped to [1/255, 254/255] first (|logit| <= 5.5)."""
+    p = y.clamp(1 / 255, 254 / 255)
+    return torch.log(p) - torch.log1p(-p)
 
 
 class UNet(nn.Module):
@@ -109,8 +118,23 @@ class UNet(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(width + latent_dim, width, 1), act()]
         for _ in range(HEAD_LAYERS - 2):
             layers += [nn.Conv2d(width, width, 1), act()]
-        layers.append(nn.Conv2d(width, out_channels, 1))  # raw likelihood parameters, no activation
         self.head = nn.Sequential(*layers)
+        # The last 1×1 convolution: raw likelihood parameters (no activation) from the head's features
+        # and the input image's logits, a shortcut that lets the network start from its input and
+        # learn the correction (residual learning, as image-restoration networks do: Zhang et al. 2017).
+        self.out = nn.Conv2d(width + in_channels, out_channels, 1)
+
+    def start_from_input(self, channels: int) -> None:
+        """Initialise the last layer to pass logit(input) through to the first `channels` outputs
+        (those whose sigmoid is the predicted image), with the features' weights scaled down: an
+        untrained model then predicts its input, the classical baselines' starting point."""
+        width = self.out.in_channels - self.down.levels[0].body[0].in_channels
+        with torch.no_grad():
+            self.out.weight[:, :width].mul_(0.1)
+            self.out.weight[:, width:].zero_()
+            self.out.bias.zero_()
+            for c in range(min(channels, self.out.in_channels - width, self.out.out_channels)):
+                self.out.weight[c, width + c] = 1.0
 
     def _stage(self, j: int, x: torch.Tensor, skip: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -123,7 +147,7 @@ class UNet(nn.Module):
         x = skips[-1]
         for j in range(self.first_injected):
             x = self._stage(j, x, skips[-2 - j], None)
-        return Trunk(skips, x, self.first_injected)
+        return Trunk(skips, x, self.first_injected, image_logits(y))
 
     def finish(self, trunk: Trunk, z: torch.Tensor) -> torch.Tensor:
         """The rest of the pass for codes z (B, D) or (K, B, D) -> (B | K, B, out_channels, H, W)."""
@@ -137,7 +161,8 @@ class UNet(nn.Module):
         x = repeat(trunk.features)
         for j in range(trunk.next_stage, len(self.up)):
             x = self._stage(j, x, repeat(trunk.skips[-2 - j]), flat_z)
-        out = self.head(torch.cat([x, broadcast_code(flat_z, x.shape[-2:])], dim=1))  # (K·B, P, H, W)
+        features = self.head(torch.cat([x, broadcast_code(flat_z, x.shape[-2:])], dim=1))  # (K·B, width, H, W)
+        out = self.out(torch.cat([features, repeat(trunk.input_logits)], dim=1))  # (K·B, P·C, H, W)
         return out.reshape(*lead, *out.shape[1:])
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -232,9 +232,10 @@ def format_translation(r: dict[str, Any]) -> str:
 def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, num_samples: int = DEFAULT_SAMPLES,
                  iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = 100, targets: Optional[list[str]] = None,
                  inputs: Optional[str] = None, max_images: Optional[int] = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, data=None) -> dict[str, Any]:
     """`vaelab eval` of an image-to-image run: its own `split` pairs, or `--inputs DIR` with
-    `--targets B1 ...`, or its split's inputs (a pairs run) with further `--targets` folders."""
+    `--targets B1 ...`, or its split's inputs (a pairs run) with further `--targets` folders.
+    `data`: the run's dataset when already loaded (else loaded from its config)."""
     import dataclasses
 
     from vaelab.data import load_data
@@ -245,7 +246,7 @@ def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, 
 
     cfg = model.run_config
     data_cfg = dataclasses.replace(cfg.data, data_dir=data_dir) if data_dir else cfg.data
-    data = load_data(data_cfg)
+    data = data if data is not None else load_data(data_cfg)
     if tuple(data.image_shape[1:]) != tuple(model.image_shape[1:]) or data.image_shape[0] != model.image_shape[0]:
         raise ConfigError(f"the data's images are {data.image_shape}, the model expects {tuple(model.image_shape)}")
     window = None if cfg.data.intensity_window is None else tuple(cfg.data.intensity_window)
