@@ -5,6 +5,7 @@ the Python API), the errors, and exact resume of a --degrade run after a SIGKILL
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -215,3 +216,16 @@ def test_killed_degrade_run_resumes_bit_identical(mnist_dir, tmp_path):
         assert set(want) == set(got)
         for key in want:
             assert torch.equal(want[key], got[key]), f"{name}:{key}"
+
+
+def test_tensorboard_logs_translations(mnist_dir, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = _train(tmp_path / "tb", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--degrade", "noise=0.2",
+                 "--epochs", "2", "--tensorboard")
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("loss/val")] == pytest.approx([r["val_loss"] for r in rows])
+    assert len(acc.Scalars("translate/psnr_val")) == 2 and len(acc.Images("translations")) == 2
+    image = Image.open(io.BytesIO(acc.Images("translations")[-1].encoded_image_string))
+    assert image.size[0] > image.size[1]  # 8 images per row, 4 rows (input, mean, std, target)

@@ -104,11 +104,23 @@ def _on(labels: Optional[torch.Tensor], device: torch.device) -> Optional[torch.
     return None if labels is None else labels.to(device)
 
 
+def _translate_board(cfg: RunConfig, run_dir: str | Path, data: ImageData) -> Hook:
+    from vaelab.translate.tracking import TranslateBoardHook
+
+    return TranslateBoardHook(cfg, run_dir, data)
+
+
+# Model family -> its TensorBoard hook (TensorBoardHook for the VAE).
+BOARDS: dict[str, Callable[[RunConfig, str | Path, ImageData], Hook]] = {"translate": _translate_board}
+
+
 def with_tracking(cfg: RunConfig, run_dir: str | Path, data: ImageData, hook: Optional[Hook]) -> Optional[Hook]:
     """The training loop's hook: `hook` alone, or followed by TensorBoard logging when `cfg.train.tensorboard`."""
     if not cfg.train.tensorboard:
         return hook
-    board = TensorBoardHook(cfg, run_dir, data)
+    from vaelab.models import model_family
+
+    board = BOARDS.get(model_family(cfg.model), TensorBoardHook)(cfg, run_dir, data)
     if hook is None:
         return board
 
