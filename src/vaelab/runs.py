@@ -5,7 +5,8 @@
     RUN/checkpoint.safetensors last training checkpoint (for --resume)
     RUN/metrics.jsonl          one JSON line per epoch
     RUN/figures/*.png          latent.png, latent_hist.png, reconstructions.png, samples.png,
-                               manifold.png (2-D latents), loss.png
+                               manifold.png (2-D latents), loss.png; translate runs: translations.png, loss.png
+    RUN/translations/          `vaelab translate`'s outputs (its default --out)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
-                 "tensorboard", "export")
+                 "tensorboard", "export", "translations")
 
 
 def default_run_dir(dataset: str) -> Path:
