@@ -41,7 +41,7 @@ def test_defaults_round_trip_through_json():
     ({"train": {"lr": 10**400}}, "config 'train.lr' must be a finite number"),
     ({"data": "mnist"}, "config 'data' must be an object"),
     # known choices
-    ({"model": {"arch": "resnet"}}, "config 'model.arch' must be one of 'mlp', 'conv', got 'resnet'"),
+    ({"model": {"arch": "resnet"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'unet', got 'resnet'"),
     ({"model": {"likelihood": "laplace"}}, "config 'model.likelihood' must be one of"),
     ({"data": {"dataset": "cifar"}}, "config 'data.dataset' must be one of"),
     ({"train": {"objective": "vi"}}, "config 'train.objective' must be one of"),
@@ -111,7 +111,7 @@ def test_config_file_errors_reach_the_cli_as_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', got 'resnet'")
+    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', 'unet', got 'resnet'")
     assert not out.exists()
 
 

@@ -23,6 +23,15 @@ SAMPLES = {
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",
     "--beta": "2.5", "--kl-warmup": "1.5", "--objective": "iwae", "--iw-samples-train": "5", "--grad-clip": "1.0",
     "--checkpoint-every": "50", "--device": "cpu", "--precision": "bf16", "--threads": "2", "--step": "autograd",
+    "--task": "translate", "--input-dir": "some/inputs", "--target-dir": "some/targets",
+    "--degrade": "noise=0.1,downsample=2", "--inject-stages": "2",
+}
+# Flags that are only valid together with others: those others, given with the flag and with its TOML key.
+COMPANIONS = {
+    "--task": ["--arch", "unet", "--degrade", "noise=0.2"],
+    "--input-dir": ["--dataset", "pairs", "--target-dir", "t", "--task", "translate", "--arch", "unet"],
+    "--target-dir": ["--dataset", "pairs", "--input-dir", "i", "--task", "translate", "--arch", "unet"],
+    "--degrade": ["--task", "translate", "--arch", "unet"],
 }
 
 
@@ -32,6 +41,8 @@ def _show(capsys, *argv: str) -> dict:
 
 
 def _toml_literal(value) -> str:
+    if isinstance(value, dict):  # a nested table (data.degrade): an inline TOML table
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)  # JSON literals of str/int/float/bool/list are valid TOML values
 
 
@@ -45,13 +56,14 @@ def test_every_flag_is_a_real_config_key():
 @pytest.mark.parametrize("flag", TRAIN_FLAGS, ids=lambda f: f.flag)
 def test_each_flag_and_its_toml_key_give_the_same_config(flag, tmp_path, capsys):
     argv = [flag.flag] if flag.is_switch else [flag.flag, SAMPLES[flag.flag]]
-    from_flag = _show(capsys, *argv)
+    companions = COMPANIONS.get(flag.flag, [])
+    from_flag = _show(capsys, *argv, *companions)
     section, name = flag.key.split(".")
     value = from_flag[section][name]
     assert value != _show(capsys)[section][name], "the sample must change the setting"
     path = tmp_path / "exp.toml"
     path.write_text(f"[{section}]\n{name} = {_toml_literal(value)}\n")
-    assert _show(capsys, "--config", str(path)) == from_flag
+    assert _show(capsys, "--config", str(path), *companions) == from_flag
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path, capsys):
