@@ -53,7 +53,8 @@ def test_defaults_round_trip_through_json():
     ({"train": {"lr": 0.0}}, "lr must be in (0, 10], got 0.0"),
     ({"train": {"adam_betas": [0.9]}}, "adam_betas must be two numbers in [0, 1)"),
     ({"train": {"adam_betas": [0.9, 1.0]}}, "adam_betas must be two numbers in [0, 1)"),
-    ({"train": {"lr_schedule": [[1, 0.5], [0, 1]]}}, "lr_schedule entries must be"),
+    ({"train": {"lr_segments": [[1, 0.5], [0, 1]], "lr_schedule": "piecewise"}}, "lr_segments entries must be"),
+    ({"train": {"lr_schedule": [[1, 0.5], [0, 1]]}}, "lr_segments entries must be"),  # version 1's layout
     ({"train": {"seed": 2**63}}, "seed must be in 0..2**63-1"),
     ({"data": {"split_seed": -5}}, "split_seed must be in 0..2**63-1"),
     ({"data": {"val_fraction": 0.0}}, "val_fraction must be in (0, 1)"),

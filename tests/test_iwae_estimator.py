@@ -190,8 +190,8 @@ def test_iwae_paper_presets(preset, objective, k):
     assert cfg.model.hidden == [200, 200] and cfg.model.latent_dim == 50 and cfg.model.activation == "tanh"
     assert cfg.data.binarize == "dynamic" and cfg.model.likelihood == "bernoulli"
     assert (cfg.train.batch_size, cfg.train.adam_eps, cfg.train.adam_betas) == (20, 1e-4, [0.9, 0.999])
-    assert IWAE_PAPER_EPOCHS == 3280 == sum(length for length, _ in cfg.train.lr_schedule)
-    for i, (length, mult) in enumerate(cfg.train.lr_schedule):
+    assert IWAE_PAPER_EPOCHS == 3280 == sum(length for length, _ in cfg.train.lr_segments)
+    for i, (length, mult) in enumerate(cfg.train.lr_segments):
         assert length == 3**i and mult == pytest.approx(10 ** (-i / 7))
     short = build_config(preset, None, {"train.epochs": 328})  # --epochs scales every segment
-    assert [s[0] for s in short.train.lr_schedule] == pytest.approx([3**i / 10 for i in range(8)])
+    assert [s[0] for s in short.train.lr_segments] == pytest.approx([3**i / 10 for i in range(8)])

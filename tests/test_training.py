@@ -20,7 +20,8 @@ from vaelab.config import RunConfig
 from vaelab.data import load_data
 from vaelab.models import VAE
 from vaelab.objectives import elbo_loss
-from vaelab.training import lr_multiplier, train
+from vaelab.schedules import lr_multiplier
+from vaelab.training import train
 
 
 def _cfg(data_dir, **train_fields) -> RunConfig:
@@ -83,7 +84,8 @@ def test_lr_schedule_values_and_metrics(tmp_path, fake_mnist):
     assert [lr_multiplier(schedule, e) for e in range(6)] == [1.0, 0.5, 0.5, 0.1, 0.1, 0.1]
     assert lr_multiplier([], 3) == 1.0
     assert lr_multiplier([[1.5, 1.0], [1.5, 0.2]], 1) == 0.2  # epoch 1's midpoint (1.5) starts segment 2
-    run = train(_cfg(fake_mnist, epochs=4, lr=2e-3, lr_schedule=schedule), tmp_path / "run", progress=False)
+    cfg = _cfg(fake_mnist, epochs=4, lr=2e-3, lr_schedule="piecewise", lr_segments=schedule)
+    run = train(cfg, tmp_path / "run", progress=False)
     assert [r["lr"] for r in _metrics(run)] == pytest.approx([2e-3, 1e-3, 1e-3, 2e-4])
 
 

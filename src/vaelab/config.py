@@ -19,8 +19,11 @@ from typing import Any, Literal, Optional
 
 from vaelab.errors import ConfigError
 
-# Bumped whenever the meaning of a saved field changes; configs from a newer version are refused.
-CONFIG_VERSION = 1
+# Bumped whenever the meaning of a saved field changes; configs from a newer version are refused,
+# older ones are upgraded on load (`upgrade_raw`). Version 2: `train.lr_schedule` names the
+# schedule (constant, cosine, ...); version 1's piecewise list [[epochs, multiplier], ...] moved
+# to `train.lr_segments`.
+CONFIG_VERSION = 2
 MAX_SEED = 2**63  # torch, numpy and Python all accept seeds in 0..2**63-1
 # `vaelab eval`'s importance samples (here, not in vaelab.evaluate, so the CLI can show them
 # without importing torch): K = 5000 is the standard for reported likelihoods (Burda et al. 2015).
@@ -44,6 +47,11 @@ Objective = Literal["elbo", "iwae"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 StepKind = Literal["auto", "fused", "autograd"]
+OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
+# Learning-rate schedules (vaelab.schedules): per epoch, after an optional linear warm-up.
+ScheduleName = Literal["constant", "cosine", "step", "plateau", "piecewise"]
+KeepWeights = Literal["last", "best"]
+WeightsKind = Literal["raw", "ema"]
 # What the hand-derived step in vaelab.fused covers (checked again there, with the process count).
 FUSED_ACTIVATIONS = ("relu", "tanh", "elu")
 
@@ -155,7 +163,7 @@ class ModelConfig:
     """The network: architecture, latent size, likelihood p(x|z), optional label conditioning."""
 
     arch: ArchName = "mlp"
-    latent_dim: int = 2  # the paper's Fig. 2 plots a 2-D latent space
+    latent_dim: int = 2  # size of the latent code z; the paper's Fig. 2 plots a 2-D latent space
     # mlp: hidden layer widths; conv: channels of the stride-2 convs. Empty = the architecture's
     # default (mlp 512,256; conv 32,64,128), written out in full when training starts.
     hidden: list[int] = field(default_factory=list)
@@ -175,7 +183,7 @@ class ModelConfig:
     inject_stages: int = 1
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
-    num_classes: int = 0
+    num_classes: int = 0  # the labelled dataset's number of classes (0: unlabelled)
     input_channels: int = 0  # translate: channels of the input image (the target's are image_shape[0])
 
     def validate(self) -> None:
@@ -223,20 +231,35 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation: Adam, epochs, batch, objective, schedule, safety and speed switches."""
+    """Optimisation: optimiser, schedule, epochs, batch, objective, weights kept, safety and speed switches."""
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
+    # adam = vaelab.optim.Adam (torch.optim.Adam with weight decay); adamw, sgd, rmsprop = torch.optim.
+    optimizer: OptimizerName = "adam"
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    adam_eps: float = 1e-8  # adam, adamw
+    # None = the optimiser's own default (adamw 0.01, the others 0), written out when training starts.
+    weight_decay: Optional[float] = None
+    momentum: float = 0.0  # sgd, rmsprop
     seed: int = 0
     beta: float = 1.0  # weight on the KL term (beta-VAE when != 1)
     kl_warmup_epochs: float = 0.0  # linearly ramp the KL weight from 0 to beta over this many epochs
     objective: Objective = "elbo"
     iw_samples_train: int = 1  # K for --objective iwae
-    # Piecewise-constant learning-rate schedule: [[epochs, lr_multiplier], ...]; empty = constant.
-    lr_schedule: list[list[float]] = field(default_factory=list)
+    # The learning rate of each epoch (vaelab.schedules), after `warmup_epochs` of linear warm-up.
+    lr_schedule: ScheduleName = "constant"
+    warmup_epochs: float = 0.0  # ramp the rate linearly from 0 over this many epochs (per step)
+    min_lr: float = 0.0  # cosine: the rate it ends at; plateau: the rate it never goes below
+    lr_decay: float = 0.1  # step, plateau: the factor each decay multiplies the rate by
+    lr_step: int = 0  # step: epochs between decays
+    lr_patience: int = 5  # plateau: epochs without a better validation loss before a decay
+    # piecewise: [[epochs, lr_multiplier], ...], segment after segment (the IWAE-paper presets).
+    lr_segments: list[list[float]] = field(default_factory=list)
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 = off (vaelab.ema)
+    early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0 = off
+    keep: KeepWeights = "last"  # which epoch's weights model.safetensors holds
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
     device: Device = "auto"
@@ -247,6 +270,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (fails soft)
     threads: int = 0  # torch intra-op threads; 0 = leave PyTorch's default
     tensorboard: bool = False  # also log scalars and images to <run>/tensorboard (vaelab.tracking)
+    # MLflow tracking URI (a path = a local file store); "" = off (vaelab.mlflow_tracking).
+    mlflow: str = ""
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -271,9 +296,11 @@ class TrainConfig:
             problems.append(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if not 1 <= self.iw_samples_train <= 10000:
             problems.append(f"iw_samples_train must be in 1..10000, got {self.iw_samples_train}")
-        bad_segments = [item for item in self.lr_schedule if len(item) != 2 or item[0] <= 0 or item[1] <= 0]
-        if bad_segments:
-            problems.append(f"lr_schedule entries must be [epochs > 0, multiplier > 0], got {bad_segments[0]}")
+        problems += self._optimizer_problems() + self._schedule_problems()
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.early_stopping < 0:
+            problems.append(f"early_stopping must be >= 0, got {self.early_stopping}")
         if self.grad_clip < 0:
             problems.append(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.checkpoint_every < 0:
@@ -284,6 +311,40 @@ class TrainConfig:
             problems.append(f"seed must be in 0..2**63-1, got {self.seed}")
         return problems
 
+    def _optimizer_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.weight_decay is not None and not 0.0 <= self.weight_decay <= 10.0:
+            problems.append(f"weight_decay must be in [0, 10], got {self.weight_decay}")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        elif self.momentum and self.optimizer not in ("sgd", "rmsprop"):
+            problems.append(f"momentum is for --optimizer sgd or rmsprop; {self.optimizer} uses adam_betas")
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not 0.0 <= self.warmup_epochs < max(self.epochs, 1):
+            problems.append(f"warmup_epochs must be >= 0 and fewer than the {self.epochs} epochs, "
+                            f"got {self.warmup_epochs}")
+        if not 0.0 <= self.min_lr < self.lr and self.lr_schedule in ("cosine", "plateau"):
+            problems.append(f"min_lr must be >= 0 and below lr ({self.lr}), got {self.min_lr}")
+        elif self.min_lr < 0:
+            problems.append(f"min_lr must be >= 0, got {self.min_lr}")
+        if not 0.0 < self.lr_decay < 1.0:
+            problems.append(f"lr_decay must be in (0, 1), got {self.lr_decay}")
+        if self.lr_step < 0 or (self.lr_schedule == "step" and self.lr_step < 1):
+            problems.append(f"--lr-schedule step needs lr_step >= 1 (epochs between decays), got {self.lr_step}")
+        if self.lr_patience < 0:
+            problems.append(f"lr_patience must be >= 0, got {self.lr_patience}")
+        bad_segments = [item for item in self.lr_segments if len(item) != 2 or item[0] <= 0 or item[1] <= 0]
+        if bad_segments:
+            problems.append(f"lr_segments entries must be [epochs > 0, multiplier > 0], got {bad_segments[0]}")
+        if self.lr_schedule == "piecewise" and not self.lr_segments:
+            problems.append("--lr-schedule piecewise needs lr_segments [[epochs, multiplier], ...]")
+        if self.lr_segments and self.lr_schedule != "piecewise":
+            problems.append(f"lr_segments are for lr_schedule 'piecewise', not {self.lr_schedule!r}")
+        return problems
+
 
 @dataclass
 class RunConfig:
@@ -292,14 +353,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    version: int = CONFIG_VERSION
-    vaelab_version: str = ""
+    version: int = CONFIG_VERSION  # the config format (CONFIG_VERSION); a newer one is refused
+    vaelab_version: str = ""  # the vaelab release that wrote the run
+    # What model.safetensors holds: the trained parameters ("raw") or their moving average ("ema",
+    # with train.ema_decay > 0). Filled in when training starts; the checkpoint keeps the raw ones.
+    weights: WeightsKind = "raw"
 
     def validate(self) -> RunConfig:
         """Check every field of every section; raise one ConfigError listing every bad one."""
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
+        if self.weights == "ema" and not self.train.ema_decay:
+            problems.append("weights 'ema' needs train.ema_decay > 0")
         translate_data = self.data.dataset == "pairs" or self.data.degrade is not None
         if translate_data and self.model.task != "translate":
             problems.append("--dataset pairs and --degrade give image pairs: train them with --task translate "
@@ -334,7 +400,7 @@ class RunConfig:
                 f"config version {version} is newer than this vaelab understands ({CONFIG_VERSION}); "
                 "upgrade vaelab to load it"
             )
-        return _build(cls, raw, "").validate()
+        return _build(cls, upgrade_raw(raw), "").validate()
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -347,6 +413,28 @@ class RunConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         return cls.from_dict(raw)
+
+
+def upgrade_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """A parsed config of an older version in today's layout (a copy; `raw` is left alone).
+
+    Version 1 -> 2: `train.lr_schedule` held the piecewise list [[epochs, multiplier], ...]; it
+    becomes `train.lr_segments` with `lr_schedule = "piecewise"` ("constant" when empty). A list
+    under `lr_schedule` is recognised whatever the file says its version is (TOML files written
+    by hand often carry none).
+    """
+    upgraded = dict(raw)
+    version = raw.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version < CONFIG_VERSION:
+        upgraded["version"] = CONFIG_VERSION  # written back in today's layout
+    train = raw.get("train")
+    if isinstance(train, dict) and isinstance(train.get("lr_schedule"), list):
+        upgraded["train"] = dict(train)
+        segments = upgraded["train"].pop("lr_schedule")
+        upgraded["train"]["lr_schedule"] = "piecewise" if segments else "constant"
+        if not upgraded["train"].get("lr_segments"):
+            upgraded["train"]["lr_segments"] = segments
+    return upgraded
 
 
 def _build(cls: type, raw: dict, prefix: str) -> Any:

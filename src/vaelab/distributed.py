@@ -135,6 +135,14 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
+def from_main(value: float, ctx: DistContext, device: torch.device) -> float:
+    """Rank 0's `value` on every rank (the others pass anything; a no-op for a single process)."""
+    if not ctx.enabled:
+        return value
+    mine = torch.tensor([value if ctx.is_main else 0.0], dtype=torch.float64, device=device)
+    return float(all_reduce_sum(mine, ctx).item())
+
+
 def first_error(error: Optional[BaseException], ctx: DistContext, device: torch.device) -> None:
     """Raise on every rank if any rank failed a set-up step (so none waits forever for the rest).
 

@@ -23,6 +23,12 @@ class RunError(VaelabError):
     """A run folder is missing, incomplete, or would be overwritten."""
 
 
+class RunInUseError(RunError):
+    """Another vaelab process holds the run folder's one-writer lock (vaelab.runlock)."""
+
+    exit_code = 4
+
+
 class DivergenceError(VaelabError):
     """Training produced a non-finite loss or gradient."""
 

@@ -1,9 +1,18 @@
-"""The optimiser: Adam (Kingma & Ba 2015), lean, with torch.optim.Adam's checkpoint layout.
+"""The optimisers (`--optimizer`), and vaelab's lean Adam (Kingma & Ba 2015) with torch.optim.Adam's
+checkpoint layout.
 
-Why not `torch.optim.Adam` itself: its constructor and `step()` go through decorators that
-import `torch._dynamo` on first use, about 2 s of every `vaelab train` start-up on 2 CPU cores,
-and its `step()` spends about 0.25 ms of Python bookkeeping per call (grouping tensors by device
-and dtype, state look-ups), 7% of the MNIST recipe's step (benchmarks/train_speed.py).
+`OPTIMIZERS` maps each `--optimizer` to a builder: `adam` is `Adam` below (torch.optim.Adam
+when `--weight-decay` is given, an L2 penalty that the lean one does not implement); `adamw`
+(Loshchilov & Hutter 2019, decoupled weight decay), `sgd` (with `--momentum`) and `rmsprop`
+(Tieleman & Hinton 2012, with `--momentum`) are torch.optim's, with PyTorch's defaults for
+everything vaelab has no flag for (RMSprop alpha 0.99, eps 1e-8). All four keep their state in
+torch.optim's `state_dict()` layout, which is what checkpoints store.
+
+Why a lean Adam and not `torch.optim.Adam` itself for plain `adam`: its constructor and `step()`
+go through decorators that import `torch._dynamo` on first use, about 2 s of every `vaelab train`
+start-up on 2 CPU cores, and its `step()` spends about 0.25 ms of Python bookkeeping per call
+(grouping tensors by device and dtype, state look-ups), 7% of the MNIST recipe's step
+(benchmarks/train_speed.py).
 
 `Adam` here calls the very kernel `torch.optim.Adam(fused=True)` calls, `torch._fused_adam_`
 (one kernel per parameter tensor), on the same state: `step` (float32 scalar tensor),
@@ -16,7 +25,7 @@ tests/test_optim.py checks both paths bit for bit against `torch.optim.Adam`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -28,9 +37,44 @@ _FIXED = {"weight_decay": 0, "amsgrad": False, "maximize": False, "foreach": Non
           "differentiable": False, "decoupled_weight_decay": False}
 
 
-def make_optimizer(model: nn.Module, tc) -> Adam:
-    """Adam over the model's parameters, from a `TrainConfig` (lr, adam_betas, adam_eps)."""
-    return Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+# --weight-decay when not given: PyTorch's default for each optimiser.
+DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.01, "sgd": 0.0, "rmsprop": 0.0}
+
+
+def _adam(params: list[torch.Tensor], tc) -> Any:
+    if tc.weight_decay:  # L2 regularisation inside Adam: torch.optim's, fused where it can be
+        return torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
+                                weight_decay=tc.weight_decay, fused=_fused_kernel_for(params) or None)
+    return Adam(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+
+
+def _adamw(params: list[torch.Tensor], tc) -> Any:
+    return torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
+                             weight_decay=weight_decay_of(tc), fused=_fused_kernel_for(params) or None)
+
+
+def _sgd(params: list[torch.Tensor], tc) -> Any:
+    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=weight_decay_of(tc))
+
+
+def _rmsprop(params: list[torch.Tensor], tc) -> Any:
+    return torch.optim.RMSprop(params, lr=tc.lr, momentum=tc.momentum, weight_decay=weight_decay_of(tc))
+
+
+# --optimizer name -> (trainable parameters, TrainConfig) -> optimiser with torch.optim's interface.
+OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], Any], Any]] = {
+    "adam": _adam, "adamw": _adamw, "sgd": _sgd, "rmsprop": _rmsprop,
+}
+
+
+def weight_decay_of(tc) -> float:
+    """`tc.weight_decay`, or the optimiser's default when it is None."""
+    return DEFAULT_WEIGHT_DECAY[tc.optimizer] if tc.weight_decay is None else float(tc.weight_decay)
+
+
+def make_optimizer(model: nn.Module, tc) -> Any:
+    """The `--optimizer` of a `TrainConfig` over the model's trainable parameters."""
+    return OPTIMIZERS[tc.optimizer]([p for p in model.parameters() if p.requires_grad], tc)
 
 
 def _fused_kernel_for(params: list[torch.Tensor]) -> bool:

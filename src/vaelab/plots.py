@@ -1,13 +1,17 @@
 """Figures: image grids and the run folder's standard plots (matplotlib, Agg backend).
 
+Every PNG is rendered in memory and written atomically (vaelab.checkpoint.atomic_write_bytes),
+so a reader of a run folder never sees half a figure while a run draws its own.
+
 Paper Fig. 2 -> `latent_figure` (test-set codes coloured by label); paper Fig. 3 ->
 `reconstruction_figure` (inputs above their reconstructions).
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -24,6 +28,8 @@ from vaelab.latent import EncodedSplit, Projection  # noqa: E402
 if TYPE_CHECKING:
     from vaelab.data import ImageData
     from vaelab.models import VAE
+
+from vaelab.checkpoint import atomic_write_bytes  # noqa: E402
 
 MIN_TILE = 56  # tiles are upscaled (nearest) to at least this many pixels so 8×8 digits are visible
 
@@ -47,10 +53,17 @@ def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: flo
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def save_png(path: str | Path, render: Callable[[io.BytesIO], None]) -> Path:
+    """`render(buffer)` writes a PNG into `buffer`; it lands at `path` in one atomic rename."""
+    buffer = io.BytesIO()
+    render(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
     """Save `images` (N, C, H, W) in [0, 1] as one PNG grid with `nrow` per row."""
-    Image.fromarray(image_grid(images, nrow)).save(path)
-    return Path(path)
+    return save_png(path, lambda buffer: Image.fromarray(image_grid(images, nrow)).save(buffer, format="PNG"))
 
 
 def latent_figure(encoded: EncodedSplit, projection: Projection, path: str | Path,
@@ -74,7 +87,7 @@ def latent_figure(encoded: EncodedSplit, projection: Projection, path: str | Pat
     ax.set_title(title)
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, lambda buffer: fig.savefig(buffer, format="png", dpi=110))
     plt.close(fig)
     return Path(path)
 
@@ -110,7 +123,7 @@ def latent_hist_figure(encoded: EncodedSplit, path: str | Path, max_dims: int = 
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Latent codes of the test set per dimension, against the prior")
-    fig.savefig(path, dpi=100)
+    save_png(path, lambda buffer: fig.savefig(buffer, format="png", dpi=100))
     plt.close(fig)
     return Path(path)
 
@@ -148,7 +161,7 @@ def loss_figure(metrics_path: str | Path, path: str | Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(path, lambda buffer: fig.savefig(buffer, format="png", dpi=100))
     plt.close(fig)
     return Path(path)
 
@@ -178,7 +191,7 @@ def labelled_grid(images: torch.Tensor, nrow: int, path: str | Path, row_labels:
         spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 4 / height, va="top")
-    fig.savefig(path, dpi=dpi)
+    save_png(path, lambda buffer: fig.savefig(buffer, format="png", dpi=dpi))
     plt.close(fig)
     return Path(path)
 

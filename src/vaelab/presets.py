@@ -33,7 +33,8 @@ _IWAE_COMMON: dict[str, Any] = {
     "train.adam_eps": 1e-4,
     "train.batch_size": 20,
     "train.epochs": IWAE_PAPER_EPOCHS,
-    "train.lr_schedule": iwae_schedule(),
+    "train.lr_schedule": "piecewise",
+    "train.lr_segments": iwae_schedule(),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

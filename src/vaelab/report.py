@@ -58,15 +58,18 @@ def write_report(run_dir: str | Path, out: Optional[str | Path] = None, *, data_
                  device: str = "cpu", seed: int = 0) -> Path:
     """Render the report of `run_dir` and write it to `out` (default RUN/report.html); return the path."""
     from vaelab.checkpoint import atomic_write_text
+    from vaelab.runlock import run_lock_for_output
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
-    page = render_report(run_dir, data_dir=data_dir, device=device, seed=seed)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, page)
-    except OSError as exc:
-        raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
+    # Written inside the run: one writer per run folder (the report then shows one consistent state).
+    with run_lock_for_output(run_dir, out, "vaelab report"):
+        page = render_report(run_dir, data_dir=data_dir, device=device, seed=seed)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, page)
+        except OSError as exc:
+            raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
 
 

@@ -22,6 +22,7 @@ import torch
 from vaelab.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, load_weights, remove_stale_temp_files
 from vaelab.config import RunConfig
 from vaelab.errors import RunError
+from vaelab.runlock import LOCK_FILE
 
 if TYPE_CHECKING:
     from vaelab.models import VAE
@@ -31,7 +32,8 @@ METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
-                 "tensorboard", "export", "translations")
+                 "tensorboard", "export", "mlflow.json", "translations")
+# LOCK_FILE (the one-writer lock, vaelab.runlock) is never removed and does not count as content.
 
 
 def default_run_dir(dataset: str) -> Path:
@@ -39,16 +41,34 @@ def default_run_dir(dataset: str) -> Path:
     return Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(out: Path, force: bool) -> None:
-    """Create `out` for a new run; refuse to touch an existing run unless `force`."""
+def check_run_dir(out: Path, force: bool) -> None:
+    """Refuse, touching nothing, an `--out` that is a file or an existing run (without `force`)."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise RunError(
-                f"run folder {out} already exists and is not empty; use --force to overwrite it, "
-                f"--resume {out} to continue it, or another --out"
-            )
+    if not force and _has_content(out):
+        raise RunError(
+            f"run folder {out} already exists and is not empty; use --force to overwrite it, "
+            f"--resume {out} to continue it, or another --out"
+        )
+
+
+def _has_content(out: Path) -> bool:
+    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+
+
+def create_run_dir(out: Path) -> None:
+    """`mkdir -p out` (so that its lock can be taken); one RunError line if it cannot be made."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
+
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    """Create `out` for a new run; refuse to touch an existing run unless `force`, which removes
+    vaelab's own files (RUN_ARTIFACTS) and nothing else. Call it holding the run's lock."""
+    check_run_dir(out, force)
+    if _has_content(out):
         try:
             for name in RUN_ARTIFACTS:
                 target = out / name

@@ -1,4 +1,7 @@
-"""TensorBoard logging for a training run (`--tensorboard`), through `torch.utils.tensorboard`.
+"""Tracking a training run: TensorBoard (`--tensorboard`, here) and MLflow (`--mlflow`, in
+vaelab.mlflow_tracking), combined with the caller's hook in one `Tracking` object.
+
+TensorBoard logging goes through `torch.utils.tensorboard`.
 
 `metrics.jsonl` stays the always-on record; this adds, under `RUN/tensorboard/`, after every epoch:
 - scalars: each number of the epoch's metrics row (`loss/train`, `loss/val`, `recon/…`, `kl/…`,
@@ -54,7 +57,6 @@ class TensorBoardHook:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.total_epochs = cfg.train.epochs
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.writer.add_text("config", "```\n" + cfg.to_json() + "\n```", 0)
@@ -75,7 +77,9 @@ class TensorBoardHook:
 
         epoch = int(row["epoch"])
         for key, value in row.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in ("epoch", "step", "best_epoch") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
                 self.writer.add_scalar(scalar_tag(key), value, epoch)
         kl = encode_split(model, self.kl_split).kl_per_dim()  # (D,)
         for d in range(min(len(kl), MAX_KL_SCALARS)):
@@ -92,8 +96,10 @@ class TensorBoardHook:
                               dataformats="HWC")
         self.writer.add_image("samples", image_grid(samples, nrow=len(samples)), epoch, dataformats="HWC")
         self.writer.flush()
-        if epoch >= self.total_epochs:
-            self.writer.close()
+
+    def close(self, failed: bool = False) -> None:
+        """Close the event file (the run ended, or stopped early)."""
+        self.writer.close()
 
 
 def _head(split: Split, n: int) -> Split:
@@ -104,28 +110,58 @@ def _on(labels: Optional[torch.Tensor], device: torch.device) -> Optional[torch.
     return None if labels is None else labels.to(device)
 
 
-def _translate_board(cfg: RunConfig, run_dir: str | Path, data: ImageData) -> Hook:
+def _translate_board(cfg: RunConfig, run_dir: str | Path, data: ImageData):
     from vaelab.translate.tracking import TranslateBoardHook
 
     return TranslateBoardHook(cfg, run_dir, data)
 
 
-# Model family -> its TensorBoard hook (TensorBoardHook for the VAE).
-BOARDS: dict[str, Callable[[RunConfig, str | Path, ImageData], Hook]] = {"translate": _translate_board}
+# Model family -> its TensorBoard logger (TensorBoardHook for the VAE).
+BOARDS: dict[str, Callable[[RunConfig, str | Path, ImageData], Any]] = {"translate": _translate_board}
 
 
-def with_tracking(cfg: RunConfig, run_dir: str | Path, data: ImageData, hook: Optional[Hook]) -> Optional[Hook]:
-    """The training loop's hook: `hook` alone, or followed by TensorBoard logging when `cfg.train.tensorboard`."""
-    if not cfg.train.tensorboard:
-        return hook
-    from vaelab.models import model_family
+class Tracking:
+    """The per-epoch loggers of a run (TensorBoard, MLflow) and the caller's hook, called as one.
 
-    board = BOARDS.get(model_family(cfg.model), TensorBoardHook)(cfg, run_dir, data)
-    if hook is None:
-        return board
+    The training loop creates it empty, `start`s the loggers once every check on user input has
+    passed (they write files or reach a server), calls it after each epoch with the metrics row
+    and the validated model, and `close`s it at the end (MLflow then uploads the run folder).
+    """
 
-    def both(row: dict[str, Any], model: torch.nn.Module) -> None:
-        board(row, model)
-        hook(row, model)
+    def __init__(self, hook: Optional[Hook] = None) -> None:
+        self.hook = hook
+        self.loggers: list[Any] = []
 
-    return both
+    def start(self, cfg: RunConfig, run_dir: str | Path, data: ImageData, *, resumed: bool) -> None:
+        """Open the loggers the config asks for (`train.tensorboard`, `train.mlflow`)."""
+        if cfg.train.tensorboard:
+            from vaelab.models import model_family
+
+            self.loggers.append(BOARDS.get(model_family(cfg.model), TensorBoardHook)(cfg, run_dir, data))
+        if cfg.train.mlflow:
+            from vaelab.mlflow_tracking import MLflowLogger
+
+            self.loggers.append(MLflowLogger(cfg, run_dir, resumed=resumed))
+
+    def __call__(self, row: dict[str, Any], model: torch.nn.Module) -> None:
+        for logger in self.loggers:
+            logger(row, model)
+        if self.hook is not None:
+            self.hook(row, model)
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close every logger (after the run folder's final files are written)."""
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close(failed=failed)
+
+
+def require_trackers(cfg: RunConfig) -> None:
+    """One-line ConfigError when a logger the config asks for is not installed (checked before
+    anything is written)."""
+    if cfg.train.tensorboard:
+        require_tensorboard()
+    if cfg.train.mlflow:
+        from vaelab.mlflow_tracking import require_mlflow
+
+        require_mlflow()

@@ -3,13 +3,19 @@
 `train(cfg, out)` starts a run; `resume(run_dir)` continues one from its last checkpoint. Both
 end in `_fit`, which owns the loop: set-up, then per epoch (learning rate, batches with the
 loss/step/log, validation, metrics line, checkpoint), then the final weights and figures.
+The pieces it steers with live in their own modules: the optimiser (`vaelab.optim`), the
+learning-rate schedule (`vaelab.schedules`), the moving average of the weights (`vaelab.ema`),
+the best epoch and early stopping (`vaelab.early_stopping`), TensorBoard / MLflow
+(`vaelab.tracking`). Rank 0 holds the run folder's one-writer lock (`vaelab.runlock`) for the
+whole run and writes nothing before every check on user input has passed.
 
 Speed (measured in benchmarks/train_speed.py; numbers in the README's performance section): the
 split is one uint8 tensor and each batch one gather from it (on a GPU the split is moved there
-once); Adam uses its fused kernel; the running sums stay on the device and the loop reads them
-back only to check for divergence (every step on a CPU, where that is nearly free; every
-`GPU_CHECK_EVERY` steps on a GPU, where each read is a sync); the global gradient norm is only
-computed when `--grad-clip` asks for it. `--precision bf16` and `--compile` are opt-in.
+once); plain Adam uses its fused kernel; a constant rate and no EMA cost nothing per step; the
+running sums stay on the device and the loop reads them back only to check for divergence (every
+step on a CPU, where that is nearly free; every `GPU_CHECK_EVERY` steps on a GPU, where each read
+is a sync); the global gradient norm is only computed when `--grad-clip` asks for it.
+`--precision bf16` and `--compile` are opt-in.
 
 Under `torchrun` the same loop runs on every process with DistributedDataParallel (see
 `vaelab.distributed`): each rank takes its rows of every global batch and only rank 0 writes.
@@ -22,6 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,20 +58,36 @@ from vaelab.distributed import (
     context_from_env,
     device_for,
     first_error,
+    from_main,
     init_process_group,
     wrap_ddp,
 )
+from vaelab.early_stopping import BestEpoch
+from vaelab.ema import ParameterEMA
 from vaelab.errors import ConfigError, DivergenceError, RunError, VaelabError
 from vaelab.evaluate import elbo_on_split
 from vaelab.fused import make_fused_step
+from vaelab.mlflow_tracking import resolve_uri
 from vaelab.models import build_model
 from vaelab.models.vae import resolve_hidden
 from vaelab.objectives import OBJECTIVES, LossParts
-from vaelab.optim import Adam, make_optimizer
-from vaelab.runs import CONFIG_FILE, METRICS_FILE, default_run_dir, prepare_run_dir, read_metrics
+from vaelab.optim import make_optimizer, weight_decay_of
+from vaelab.runlock import file_stamp, run_lock
+from vaelab.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    check_run_dir,
+    create_run_dir,
+    default_run_dir,
+    prepare_run_dir,
+    read_metrics,
+)
 from vaelab.runtime import flush_denormals, seed_everything
+from vaelab.schedules import LRSchedule, set_lr
+from vaelab.tracking import Tracking, require_trackers
 
-# Called after every epoch with the metrics row and the model (in eval mode); rank 0 only under torchrun.
+# Called after every epoch with the metrics row and the validated model (in eval mode: the moving
+# average with --ema-decay); rank 0 only under torchrun.
 ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 # On a GPU, reading the running loss back to the host is a sync; look every this many steps (a
@@ -85,25 +108,17 @@ def pick_device(name: str) -> torch.device:
     return device_for(name, DistContext())
 
 
-def lr_multiplier(schedule: list[list[float]], epoch: int) -> float:
-    """Piecewise-constant schedule [[epochs, multiplier], ...] evaluated at `epoch` (0-based).
-
-    A segment covers [start, start + epochs); past the last segment its multiplier stays.
-    """
-    start = 0.0
-    for length, mult in schedule:
-        if epoch + 0.5 < start + length:  # the epoch's midpoint decides, for fractional segments
-            return float(mult)
-        start += length
-    return float(schedule[-1][1]) if schedule else 1.0
-
-
 def finalize_config(cfg: RunConfig, data: ImageData) -> RunConfig:
-    """Fill in what the data decides (image shape, classes) and check it against the flags."""
+    """Fill in what the data and the defaults decide (image shape, classes, hidden sizes, weight
+    decay, the MLflow URI, which weights model.safetensors holds) and check it against the flags."""
     cfg.model.image_shape = list(data.image_shape)
     cfg.model.num_classes = data.num_classes
     cfg.model.input_channels = data.input_channels  # image pairs: the input image's channels
     cfg.model.hidden = resolve_hidden(cfg.model)
+    cfg.train.weight_decay = weight_decay_of(cfg.train)
+    if cfg.train.mlflow:
+        cfg.train.mlflow = resolve_uri(cfg.train.mlflow)
+    cfg.weights = "ema" if cfg.train.ema_decay else "raw"
     cfg.vaelab_version = __version__
     if cfg.model.conditional and data.num_classes < 2:
         raise ConfigError(f"--conditional needs a labelled dataset; {data.name} has no labels")
@@ -120,10 +135,11 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
           data: Optional[ImageData] = None, hook: Optional[ProgressHook] = None) -> Path:
     """Train a new run described by `cfg` into `out` (default runs/<dataset>-<time>); return its folder.
 
-    Everything that can fail on user input (config, data, output folder) is checked before
-    anything is written.
+    Everything that can fail on user input (config, data, output folder, the run folder's lock)
+    is checked before anything is written; the lock is held until training ends.
     """
     cfg.validate()
+    require_trackers(cfg)
     data = data if data is not None else load_data(cfg.data)
     cfg = finalize_config(cfg, data)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.data.dataset)
@@ -132,16 +148,20 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
     device = device_for(cfg.train.device, ctx)
     init_process_group(ctx, device)
     try:
-        error = None
-        if ctx.is_main:  # only rank 0 writes the run folder
-            try:
-                prepare_run_dir(run_dir, force)
-                atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
-                atomic_write_text(run_dir / METRICS_FILE, "")
-            except VaelabError as exc:
-                error = exc
-        first_error(error, ctx, device)  # every rank stops if rank 0 could not set up
-        return _fit(cfg, run_dir, data, ctx, device, resume_from=None, progress=progress, hook=hook)
+        with ExitStack() as held:
+            error = None
+            if ctx.is_main:  # only rank 0 writes the run folder, so only rank 0 locks it
+                try:
+                    check_run_dir(run_dir, force)  # an existing run is refused before it is touched
+                    create_run_dir(run_dir)
+                    held.enter_context(run_lock(run_dir, "vaelab train"))
+                    prepare_run_dir(run_dir, force)  # under the lock: --force clears only an idle run
+                    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+                    atomic_write_text(run_dir / METRICS_FILE, "")
+                except VaelabError as exc:
+                    error = exc
+            first_error(error, ctx, device)  # every rank stops if rank 0 could not set up
+            return _fit(cfg, run_dir, data, ctx, device, resume_from=None, progress=progress, hook=hook)
     finally:
         close_process_group(ctx)
 
@@ -155,31 +175,50 @@ def _check_step(cfg: RunConfig, ctx: DistContext) -> None:
 
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: Optional[int] = None,
            hook: Optional[ProgressHook] = None) -> Path:
-    """Continue `run_dir` from its last checkpoint (optionally to a new total of `epochs`)."""
+    """Continue `run_dir` from its last checkpoint (optionally to a new total of `epochs`).
+
+    Nothing in the run folder changes until everything that can fail on user input has passed:
+    the config, `epochs`, the data, the lock and the checkpoint itself (config.json gets the new
+    `epochs` only once the checkpoint has been loaded).
+    """
     run_dir = Path(run_dir)
+    checkpoint = run_dir / CHECKPOINT_FILE
+    # Read before the lock is taken (so that a refusal leaves even the lock file alone); compared
+    # again under the lock, in case another writer came and went in between.
+    stamps = {path: file_stamp(path) for path in (run_dir / CONFIG_FILE, checkpoint)}
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir} is not a vaelab run folder (no {CONFIG_FILE})")
     cfg = RunConfig.load(run_dir / CONFIG_FILE)
-    checkpoint = run_dir / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise RunError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from")
     ctx = context_from_env()
     _check_step(cfg, ctx)
-    if ctx.is_main:
-        remove_stale_temp_files(run_dir)  # debris of a write that a kill interrupted
-    if epochs is not None:
+    if epochs is not None and epochs != cfg.train.epochs:
         done = (checkpoint_position(checkpoint) or {}).get("epoch", 0)
         if epochs < done:
             raise ConfigError(f"--epochs {epochs} is fewer than the {done} epochs {run_dir} has already trained")
         cfg.train.epochs = epochs
         cfg.validate()
-        if ctx.is_main:
-            atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+    else:
+        epochs = None  # config.json stays as it is
+    require_trackers(cfg)
     data = load_data(cfg.data)
     device = device_for(cfg.train.device, ctx)
     init_process_group(ctx, device)
     try:
-        return _fit(cfg, run_dir, data, ctx, device, resume_from=checkpoint, progress=progress, hook=hook)
+        with ExitStack() as held:
+            def commit() -> None:
+                """Called by the loop once the checkpoint has loaded: from here on the run changes."""
+                held.enter_context(run_lock(run_dir, "vaelab train --resume"))
+                if any(file_stamp(path) != stamp for path, stamp in stamps.items()):
+                    raise RunError(f"{run_dir} changed while this command started (another vaelab process wrote "
+                                   f"to it); run the command again")
+                remove_stale_temp_files(run_dir)  # debris of a write that a kill interrupted
+                if epochs is not None:  # --epochs N
+                    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+
+            return _fit(cfg, run_dir, data, ctx, device, resume_from=checkpoint, progress=progress, hook=hook,
+                        commit=commit)
     finally:
         close_process_group(ctx)
 
@@ -196,21 +235,30 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
 
 
 def _fit(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,
-         resume_from: Optional[Path], progress: bool, hook: Optional[ProgressHook]) -> Path:
-    with flush_denormals():
-        _fit_loop(cfg, run_dir, data, ctx, device, resume_from=resume_from, progress=progress, hook=hook)
+         resume_from: Optional[Path], progress: bool, hook: Optional[ProgressHook],
+         commit: Optional[Callable[[], None]] = None) -> Path:
+    tracking = Tracking(hook)  # its loggers start inside the loop, once the checkpoint has loaded
+    try:
+        with flush_denormals():
+            _fit_loop(cfg, run_dir, data, ctx, device, resume_from=resume_from, progress=progress,
+                      tracking=tracking, commit=commit)
+    except BaseException:
+        tracking.close(failed=True)
+        raise
+    tracking.close()
     barrier(ctx)  # every rank done (rank 0 wrote the final files) before the group is torn down
     return run_dir
 
 
 def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, device: torch.device, *,
-              resume_from: Optional[Path], progress: bool, hook: Optional[ProgressHook]) -> Path:
+              resume_from: Optional[Path], progress: bool, tracking: Tracking,
+              commit: Optional[Callable[[], None]]) -> Path:
     from tqdm.auto import tqdm
 
     tc = cfg.train
     main = ctx.is_main  # rank 0 writes files and prints; every rank trains
     progress = progress and main
-    # ---- set-up: device, seeds, model, optimiser, data order ----------------------------------
+    # ---- set-up: device, seeds, model, optimiser, schedule, data order -------------------------
     if tc.threads:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same seed on every rank: same initial weights, same draws
@@ -225,6 +273,12 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     n_train = len(train_split)
     batches_per_epoch = math.ceil(n_train / tc.batch_size)
     warmup_steps = tc.kl_warmup_epochs * batches_per_epoch
+    schedule = LRSchedule(tc, batches_per_epoch)
+    lr_warmup_steps = schedule.warmup_steps  # 0: the rate only changes at epoch starts
+    # Rank 0 validates; the others need the loss too when it steers the run (plateau, early stopping).
+    share_val = ctx.enabled and (tc.lr_schedule == "plateau" or tc.early_stopping > 0)
+    ema = ParameterEMA(model, tc.ema_decay) if tc.ema_decay and main else None
+    best = BestEpoch(keep_weights=tc.keep == "best" and main)
 
     def kl_weight(steps_taken: int) -> float:
         """beta, ramped linearly from 0 over the warm-up steps (KL warm-up), then constant."""
@@ -232,22 +286,32 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     check_every = 1 if device.type == "cpu" else GPU_CHECK_EVERY
     checkpoint_path = run_dir / CHECKPOINT_FILE
     metrics_path = run_dir / METRICS_FILE
-    if main:
-        from vaelab.tracking import with_tracking
-        hook = with_tracking(cfg, run_dir, data, hook)  # + TensorBoard logging when --tensorboard
 
     # Loop state: everything needed to continue exactly where a checkpoint left off.
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "seconds": 0.0,
+                             "optimizer": tc.optimizer}
     order: Optional[torch.Tensor] = None
     if resume_from is not None:
         state, extra = load_checkpoint(resume_from, model, optimizer, data_gen)
+        _check_resumable(resume_from, state, extra, tc, n_train, ema)
+        state.setdefault("optimizer", tc.optimizer)  # a checkpoint from before --optimizer (Adam's)
         order = extra.get("order")
-        if order is not None and (order.numel() != n_train or order.dtype != torch.int64):
-            raise RunError(f"the training data changed since {resume_from} was written ({n_train} training "
-                           f"images now, {order.numel()} then); resume needs the same data")
-        if main:  # drop metric lines written after the checkpoint (the run died between the two writes)
+        schedule.load_state_dict(state.get("schedule"))
+        best.load_state_dict(state.get("best"))
+        best.load_state_tensors(extra)
+    # ---- every check has passed: from here on the run folder changes (rank 0) ------------------
+    error = None
+    if main and commit is not None:
+        try:
+            commit()  # resume: the lock, then config.json's new --epochs
+        except VaelabError as exc:
+            error = exc
+    first_error(error, ctx, device)  # every rank stops if rank 0 could not go on
+    if main:
+        if resume_from is not None:  # drop metric lines written after the checkpoint (a kill between the two)
             rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        tracking.start(cfg, run_dir, data, resumed=resume_from is not None)  # TensorBoard / MLflow
 
     # The per-step loss as one module: DDP wraps it under torchrun, --compile compiles it.
     step_loss = wrap_ddp(StepLoss(model, OBJECTIVES[tc.objective], tc.iw_samples_train, ctx), ctx, device)
@@ -268,6 +332,10 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
     def checkpoint() -> None:
         if main:
             extra = {"order": order} if order is not None else {}
+            if ema is not None:
+                extra.update(ema.state_tensors())
+            extra.update(best.state_tensors())
+            state.update(schedule=schedule.state_dict(), best=best.state_dict())
             save_checkpoint(checkpoint_path, model, optimizer, data_gen, state, extra)
 
     def global_sums(local: torch.Tensor) -> list[float]:
@@ -278,10 +346,15 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         checkpoint()  # step 0: a run killed before its first step can still be resumed
 
     for epoch in range(state["epoch"], tc.epochs):
-        # ---- learning rate for this epoch ------------------------------------------------------
-        lr = tc.lr * lr_multiplier(tc.lr_schedule, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        # ---- early stopping: N epochs in a row without a better validation loss --------------------
+        if best.should_stop(epoch, tc.early_stopping):
+            if progress:
+                print(f"early stopping after epoch {epoch}: no better validation loss for {tc.early_stopping} "
+                      f"epochs (best {best.val_loss:.3f} at epoch {best.epoch})", flush=True)
+            break
+        # ---- learning rate for this epoch (during a warm-up also before each step) -------------
+        lr = schedule.lr(epoch, state["step"] + 1)
+        set_lr(optimizer, lr)
         if order is None:
             order = torch.randperm(n_train, generator=data_gen)
         model.train()
@@ -301,6 +374,9 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
         for x, y in batches:
             # ---- one optimisation step ---------------------------------------------------------
             beta = kl_weight(state["step"] + 1)
+            if state["step"] < lr_warmup_steps:  # linear learning-rate warm-up, per step
+                lr = schedule.lr(epoch, state["step"] + 1)
+                set_lr(optimizer, lr)
             global_batch = min(tc.batch_size, n_train - state["batch"] * tc.batch_size)  # x holds our share
             parts = compute_gradients(x, y, beta, global_batch)
             sums.add_(torch.stack(parts[:3]).detach().double(), alpha=x.shape[0])  # (loss, recon, kl) x images
@@ -318,6 +394,8 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update()
             count += global_batch
             state["batch"] += 1
             state["step"] += 1
@@ -330,49 +408,79 @@ def _fit_loop(cfg: RunConfig, run_dir: Path, data: ImageData, ctx: DistContext, 
                 state["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 checkpoint()
+        bar.refresh()  # draw the full count: updates between refreshes are not drawn
         bar.close()
+        lr = schedule.lr(epoch, state["step"])  # the rate of the epoch's last step (before plateau decays)
         totals = global_sums(sums)
         extra_totals = extra_sums.totals(ctx)
         if not all(math.isfinite(t) for t in totals):  # steps since the last look (GPU) or on other ranks
             raise DivergenceError(divergence_message(epoch + 1, state["step"], checkpoint_path))
 
-        # ---- validation, metrics line, end-of-epoch checkpoint (rank 0) -----------------------
+        # ---- validation (of the moving average with --ema-decay), metrics line, checkpoint -------
         model.eval()
+        validated = ema.model if ema is not None else model
+        val = {"loss": 0.0}
         if main:
-            val = elbo_on_split(model, data.val, batch_size=EVAL_BATCH.get(device.type, 1000),
+            val = elbo_on_split(validated, data.val, batch_size=EVAL_BATCH.get(device.type, 1000),
                                 dynamic_binarize=dynamic)
+        val_loss = from_main(val["loss"], ctx, device) if share_val else val["loss"]
+        schedule.end_epoch(val_loss, state["step"])
+        best.update(epoch + 1, val_loss, validated)
+        if main:
             seconds = state["seconds"] + time.perf_counter() - started
             train_loss, train_recon, train_kl = (t / max(count, 1) for t in totals)
             row = {
                 "epoch": epoch + 1, "step": state["step"],
                 "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                 "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
-                "lr": lr, "beta": beta, "seconds": round(seconds, 4),
+                "lr": lr, "beta": beta, "seconds": round(seconds, 4), "best_epoch": best.epoch,
                 **{f"train_{name}": total / max(count, 1) for name, total in extra_totals.items()},
             }
             _append_line(metrics_path, row)
             if progress and (tc.epochs <= 20 or (epoch + 1) % max(1, tc.epochs // 10) == 0 or epoch + 1 == tc.epochs):
                 print(f"epoch {epoch + 1}/{tc.epochs}  train {train_loss:.3f}  val {val['loss']:.3f} "
-                      f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {seconds:.1f}s", flush=True)
-            if hook is not None:
-                hook(row, model)
+                      f"(recon {val['recon']:.3f}, kl {val['kl']:.3f})  {format_seconds(seconds)}", flush=True)
+            tracking(row, validated)
         state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0], extra_sums={}, seconds=0.0)
         order = None
         checkpoint()
 
-    # ---- final weights and figures (rank 0) ----------------------------------------------------
+    # ---- final weights and figures (rank 0): the kept epoch's, averaged with --ema-decay -------
     if main:
-        save_weights(model, run_dir / WEIGHTS_FILE)
+        final = ema.model if ema is not None else model
+        if best.weights is not None:  # --keep best
+            final.load_state_dict(best.weights)
+        save_weights(final, run_dir / WEIGHTS_FILE)
         from vaelab.plots import write_run_figures
 
-        model.eval()
+        final.eval()
         try:
-            write_run_figures(model, data, run_dir, seed=tc.seed)
-        except OSError as exc:  # e.g. a full disk: training is done and saved, only pictures are missing
+            write_run_figures(final, data, run_dir, seed=tc.seed)
+        except (OSError, RunError) as exc:  # e.g. a full disk: training is done and saved, only pictures are missing
+            reason = getattr(exc, "strerror", None) or exc
             raise RunError(f"training finished and {run_dir / WEIGHTS_FILE} is saved, but its figures could not "
-                           f"be written ({exc.strerror or exc}); free space, then draw them with "
+                           f"be written ({reason}); free space, then draw them with "
                            f"vaelab.plots.write_run_figures(vaelab.load(RUN), data, RUN)") from None
     return run_dir
+
+
+def _check_resumable(path: Path, state: dict[str, Any], extra: dict[str, torch.Tensor], tc, n_train: int,
+                     ema: Optional[ParameterEMA]) -> None:
+    """What a checkpoint must agree on with the run it continues (one RunError line if not)."""
+    order = extra.get("order")
+    if order is not None and (order.numel() != n_train or order.dtype != torch.int64):
+        raise RunError(f"the training data changed since {path} was written ({n_train} training "
+                       f"images now, {order.numel()} then); resume needs the same data")
+    saved = state.get("optimizer", "adam")  # checkpoints from before --optimizer were Adam's
+    if saved != tc.optimizer:
+        raise RunError(f"{path} holds the state of --optimizer {saved}, config.json says {tc.optimizer}")
+    if ema is not None and not ema.load_state_tensors(extra):
+        raise RunError(f"{path} has no moving average of the weights, but config.json asks for --ema-decay")
+
+
+def format_seconds(seconds: float) -> str:
+    """'2.3s', or '12ms' below 0.05 s (where one decimal of a second would read 0.0s)."""
+    return f"{seconds * 1000:.0f}ms" if seconds < 0.05 else f"{seconds:.1f}s"
 
 
 class ExtraSums:
@@ -401,7 +509,7 @@ class ExtraSums:
 
 
 def _try_compile(step_loss: torch.nn.Module, split, tc, ctx: DistContext, autocast: dict, use_labels: bool,
-                 optimizer: Adam) -> torch.nn.Module:
+                 optimizer: Any) -> torch.nn.Module:
     """`torch.compile` the per-step loss if it compiles and runs here; otherwise eager, with a warning.
 
     Compilation is lazy (it happens at the first call, the backward graph at the first

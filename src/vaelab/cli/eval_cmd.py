@@ -20,6 +20,7 @@ from vaelab.config import DEFAULT_IW_SAMPLES, MAX_IW_SAMPLES
 from vaelab.errors import ConfigError, RunError
 
 EVAL_FILE = "eval.json"
+WEIGHTS_FILE = "model.safetensors"  # vaelab.checkpoint.WEIGHTS_FILE (not imported: it imports torch)
 # translate runs (vaelab/translate/evaluate.py; here so `vaelab eval --help` needs no torch)
 TRANSLATE_SAMPLES, TRANSLATE_IW_SAMPLES = 8, 100
 TRANSLATE_FLAGS = ("samples", "targets", "inputs", "max_images")
@@ -77,25 +78,35 @@ def run_eval(args: argparse.Namespace) -> int:
 
     import vaelab
     from vaelab.models import family_of
+    from vaelab.runlock import file_stamp, run_lock
     from vaelab.training import pick_device
 
-    model = vaelab.load(run_dir, device=pick_device(args.device))
-    progress = not args.quiet and not args.json
-    started = time.perf_counter()
-    result, text = EVALUATIONS[family_of(model)](model, run_dir, args, batch_size, progress, started)
-    print(json.dumps(result, indent=2) if args.json else text(result))
-    try:
-        from vaelab.checkpoint import atomic_write_text
+    device = pick_device(args.device)
+    weights_before = file_stamp(run_dir / WEIGHTS_FILE)
+    model = vaelab.load(run_dir, device=device)
+    # The model family's evaluation checks every input and loads the data; it returns the step to run.
+    evaluate = EVALUATIONS[family_of(model)](model, run_dir, args, batch_size)
+    # Every input has been checked: take the run's one-writer lock for the evaluation and eval.json.
+    with run_lock(run_dir, "vaelab eval"):
+        if file_stamp(run_dir / WEIGHTS_FILE) != weights_before:  # a run finished between load and lock
+            model = vaelab.load(run_dir, device=device)
+        started = time.perf_counter()
+        result, formatter = evaluate(model)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        result["run"] = str(run_dir)
+        print(json.dumps(result, indent=2) if args.json else formatter(result))
+        try:
+            from vaelab.checkpoint import atomic_write_text
 
-        atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
-    except OSError as exc:
-        raise RunError(f"cannot write {run_dir / EVAL_FILE}: {exc.strerror or exc}") from None
+            atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise RunError(f"cannot write {run_dir / EVAL_FILE}: {exc.strerror or exc}") from None
     if not args.json and not args.quiet:
         print(f"wrote {run_dir / EVAL_FILE}")
     return 0
 
 
-def _evaluate_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: int, progress: bool, started: float):
+def _prepare_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: int):
     """A VAE run: the likelihood bound, ELBO, active units, FID and reconstruction accuracy."""
     given = [f"--{name.replace('_', '-')}" for name in TRANSLATE_FLAGS if getattr(args, name) is not None]
     if given:
@@ -103,7 +114,6 @@ def _evaluate_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: in
     iw_samples = _positive_int(args.iw_samples or str(DEFAULT_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
     from vaelab.data import load_data
     from vaelab.data.base import apply_static_binarization
-    from vaelab.evaluate import evaluate_model
 
     cfg = model.run_config
     data_cfg = replace(cfg.data, binarize="none")
@@ -113,37 +123,49 @@ def _evaluate_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: in
     data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
     if tuple(grey.image_shape) != tuple(model.image_shape):
         raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
-    if progress:
-        print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
-              f"with K = {iw_samples} importance samples ...", flush=True)
-    result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
-                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["run"] = str(run_dir)
-    return result, format_result
+    progress = not args.quiet and not args.json
+
+    def evaluate(model):
+        from vaelab.evaluate import evaluate_model
+
+        if progress:
+            print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
+                  f"with K = {iw_samples} importance samples ...", flush=True)
+        return evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
+                              fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset,
+                              progress=progress), format_result
+
+    return evaluate
 
 
-def _evaluate_translate(model, run_dir: Path, args: argparse.Namespace, batch_size: int, progress: bool,
-                        started: float):
+def _prepare_translate(model, run_dir: Path, args: argparse.Namespace, batch_size: int):
     """An image-to-image run: PSNR/SSIM of the mean, the best sample and the baselines; calibration; GED."""
-    from vaelab.translate.evaluate import evaluate_run, format_translation
+    from vaelab.data import load_data
 
     samples = _positive_int(args.samples or str(TRANSLATE_SAMPLES), "--samples", 1000)
     iw_samples = _positive_int(args.iw_samples or str(TRANSLATE_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
     max_images = None if args.max_images is None else _positive_int(args.max_images, "--max-images", 10**9)
-    if progress:
-        print(f"evaluating {run_dir} ({args.inputs or args.split}) with K = {samples} samples per input ...",
-              flush=True)
-    result = evaluate_run(model, split=args.split, data_dir=args.data_dir, num_samples=samples, iw_samples=iw_samples,
-                          batch_size=batch_size, targets=args.targets, inputs=args.inputs, max_images=max_images,
-                          progress=progress)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["run"] = str(run_dir)
-    return result, format_translation
+    if args.inputs is not None and not args.targets:
+        raise ConfigError("--inputs DIR needs the targets of its images: --targets B1 [B2 ...]")
+    data_cfg = replace(model.run_config.data, data_dir=args.data_dir) if args.data_dir else model.run_config.data
+    data = load_data(data_cfg)
+    progress = not args.quiet and not args.json
+
+    def evaluate(model):
+        from vaelab.translate.evaluate import evaluate_run, format_translation
+
+        if progress:
+            print(f"evaluating {run_dir} ({args.inputs or args.split}) with K = {samples} samples per input ...",
+                  flush=True)
+        return evaluate_run(model, split=args.split, data_dir=args.data_dir, num_samples=samples,
+                            iw_samples=iw_samples, batch_size=batch_size, targets=args.targets, inputs=args.inputs,
+                            max_images=max_images, progress=progress, data=data), format_translation
+
+    return evaluate
 
 
-# Model family -> how `vaelab eval` evaluates it: (model, run, args, batch, progress, start) -> (result, formatter).
-EVALUATIONS = {"vae": _evaluate_vae, "translate": _evaluate_translate}
+# Model family -> its evaluation: (model, run, args, batch size) -> evaluate(model) -> (result, formatter).
+EVALUATIONS = {"vae": _prepare_vae, "translate": _prepare_translate}
 
 
 def format_result(r: dict[str, Any]) -> str:

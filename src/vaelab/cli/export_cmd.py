@@ -26,10 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export and print one line per written file with its check result."""
-    from vaelab.export import export_run
+    from pathlib import Path
+
+    from vaelab.export import EXPORT_DIR, export_run, require_format
+    from vaelab.runlock import run_lock_for_output
 
     parts = PART_CHOICES[args.part]
-    out, manifest = export_run(args.run, args.format, parts, args.out)
+    require_format(args.format)  # missing packages: refused before the run's lock is taken
+    target = Path(args.out) if args.out else Path(args.run) / EXPORT_DIR
+    with run_lock_for_output(args.run, target, "vaelab export"):  # one writer per run folder
+        out, manifest = export_run(args.run, args.format, parts, args.out)
     for file, info in manifest["files"].items():
         if info["format"] != args.format or info["part"] not in parts:
             continue  # an earlier export kept in the same folder

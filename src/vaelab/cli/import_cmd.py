@@ -32,6 +32,7 @@ def run_import(args: argparse.Namespace) -> int:
     from vaelab.checkpoint import WEIGHTS_FILE, import_torch_weights, load_state_into, save_weights
     from vaelab.config import RunConfig
     from vaelab.models import build_model
+    from vaelab.runlock import run_lock
     from vaelab.runs import CONFIG_FILE
 
     run_dir = Path(args.run)
@@ -46,6 +47,9 @@ def run_import(args: argparse.Namespace) -> int:
     tensors = import_torch_weights(args.file)
     model = build_model(cfg.model)
     load_state_into(model, tensors, args.file)
-    save_weights(model, target)
+    with run_lock(run_dir, "vaelab import-weights"):  # one writer per run folder; every check has passed
+        if target.exists() and not args.force:  # written meanwhile by a run that just finished
+            raise RunError(f"{target} already exists; use --force to replace it")
+        save_weights(model, target)
     print(f"imported {len(tensors)} tensors from {args.file} into {target}")
     return 0

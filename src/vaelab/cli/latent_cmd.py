@@ -331,7 +331,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draws (default 1)")
     p.add_argument("--label", help="conditional runs: the class to generate (index or class name)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0; same seed, same samples)")
     p.add_argument("--nrow", type=int, help="images per row")
     p.set_defaults(func=run_sample)
 

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig
+from vaelab.config import CONFIG_VERSION, RunConfig, TrainConfig, upgrade_raw
 from vaelab.errors import ConfigError
 from vaelab.presets import PRESETS
 
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
-# (the data decides image_shape and num_classes again when the repeated run starts).
-RUN_FACTS = ("version", "vaelab_version", "model.image_shape", "model.num_classes", "model.input_channels")
+# (the data decides image_shape, num_classes and input_channels again when the repeated run starts,
+# ema_decay decides weights).
+RUN_FACTS = ("version", "vaelab_version", "weights", "model.image_shape", "model.num_classes", "model.input_channels")
 
 
 def int_list(text: str) -> list[int]:
@@ -37,6 +38,17 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
+
+
+def segments(text: str) -> list[list[float]]:
+    """`--lr-segments 3:1,9:0.5` -> [[3.0, 1.0], [9.0, 0.5]] (epochs:multiplier, one after the other)."""
+    try:
+        pairs = [[float(a) for a in item.split(":")] for item in text.replace(" ", "").split(",") if item]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected EPOCHS:MULTIPLIER pairs separated by commas, got '{text}'")
+    return pairs
 
 
 def float_pair(text: str) -> list[float]:
@@ -61,6 +73,7 @@ class Flag:
     choices: Optional[tuple[str, ...]] = None
     is_switch: bool = False  # a boolean flag with a --no- form
     metavar: Optional[str] = None
+    const: Optional[str] = None  # the value when the flag is given without one (its value is optional)
 
 
 def degrade_spec(text: str) -> dict[str, float]:
@@ -109,9 +122,32 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--conditional", "model.conditional", None, "condition encoder and decoder on the label", is_switch=True),
     Flag("--epochs", "train.epochs", int, "passes over the training split"),
     Flag("--batch-size", "train.batch_size", int, "images per step (default 128)"),
-    Flag("--lr", "train.lr", float, "Adam learning rate (default 1e-3)"),
-    Flag("--adam-betas", "train.adam_betas", float_pair, "Adam betas, e.g. 0.9,0.999"),
-    Flag("--adam-eps", "train.adam_eps", float, "Adam epsilon"),
+    Flag("--lr", "train.lr", float, "learning rate (default 1e-3; the peak rate of a schedule)"),
+    Flag("--optimizer", "train.optimizer", str, "adam (default; vaelab's lean Adam), adamw, sgd or rmsprop "
+         "(torch.optim)", ("adam", "adamw", "sgd", "rmsprop")),
+    Flag("--adam-betas", "train.adam_betas", float_pair, "Adam/AdamW betas, e.g. 0.9,0.999"),
+    Flag("--adam-eps", "train.adam_eps", float, "Adam/AdamW epsilon"),
+    Flag("--weight-decay", "train.weight_decay", float, "weight decay (default: the optimizer's, 0.01 for adamw, "
+         "else 0; adam: an L2 penalty, adamw: decoupled)"),
+    Flag("--momentum", "train.momentum", float, "sgd/rmsprop momentum (default 0)"),
+    Flag("--lr-schedule", "train.lr_schedule", str, "constant (default), cosine (to --min-lr), step (x --lr-decay "
+         "every --lr-step epochs), plateau (x --lr-decay when the validation loss stalls), piecewise "
+         "(--lr-segments; the IWAE presets)", ("constant", "cosine", "step", "plateau", "piecewise")),
+    Flag("--warmup-epochs", "train.warmup_epochs", float, "ramp the learning rate linearly from 0 over this many "
+         "epochs (per step; default 0)", metavar="W"),
+    Flag("--min-lr", "train.min_lr", float, "cosine: the rate it decays to; plateau: its floor (default 0)"),
+    Flag("--lr-decay", "train.lr_decay", float, "step, plateau: factor of each decay (default 0.1)"),
+    Flag("--lr-step", "train.lr_step", int, "step: epochs between decays", metavar="N"),
+    Flag("--lr-patience", "train.lr_patience", int, "plateau: epochs without a better validation loss that are "
+         "tolerated before a decay (default 5)", metavar="N"),
+    Flag("--lr-segments", "train.lr_segments", segments, "piecewise: EPOCHS:MULTIPLIER,... one after the other, "
+         "e.g. 3:1,9:0.5 (implies --lr-schedule piecewise)", metavar="E:M,..."),
+    Flag("--ema-decay", "train.ema_decay", float, "keep an exponential moving average of the weights (e.g. 0.999); "
+         "model.safetensors and evaluation then use it (default 0 = off)", metavar="D"),
+    Flag("--early-stopping", "train.early_stopping", int, "stop after N epochs without a better validation loss "
+         "(default 0 = off)", metavar="N"),
+    Flag("--keep", "train.keep", str, "which weights model.safetensors holds: last (default) or best "
+         "(lowest validation loss)", ("last", "best")),
     Flag("--seed", "train.seed", int, "random seed (same seed on CPU -> same weights)"),
     Flag("--beta", "train.beta", float, "weight of the KL term (default 1)"),
     Flag("--kl-warmup", "train.kl_warmup_epochs", float, "ramp the KL weight from 0 over this many epochs"),
@@ -129,6 +165,9 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--tensorboard", "train.tensorboard", None,
          "also log losses, KL per dimension, lr and images to RUN/tensorboard (pip install 'vaelab[tensorboard]')",
          is_switch=True),
+    Flag("--mlflow", "train.mlflow", str, "also track the run with MLflow: config, per-epoch metrics, the run "
+         "folder as artifacts; to ./mlruns or the tracking URI given (pip install 'vaelab[mlflow]')",
+         metavar="URI", const="mlruns"),
 )
 
 
@@ -142,8 +181,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                                default=argparse.SUPPRESS, help=f.help)
         else:
             metavar = f.metavar or (None if f.choices else f.flag.strip("-").upper().replace("-", "_"))
+            optional = {"nargs": "?", "const": f.const} if f.const is not None else {}
             group.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=argparse.SUPPRESS,
-                               help=f.help, metavar=metavar)
+                               help=f.help, metavar=metavar, **optional)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,8 +268,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot parse {p} as {kind}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a table/object of settings")
-    flat = _flatten(raw)
-    version = flat.get("version", CONFIG_VERSION)
+    flat = _flatten(upgrade_raw(raw))  # a version-1 file's piecewise lr_schedule list -> lr_segments
+    version = raw.get("version", CONFIG_VERSION)
     if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
         raise ConfigError(f"{p} has config version {version}, newer than this vaelab understands "
                           f"({CONFIG_VERSION}); upgrade vaelab to use it")
@@ -253,30 +293,24 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(preset: Optional[str], config_file: Optional[str], overrides: dict[str, Any]) -> RunConfig:
-    """Defaults < preset < config file < flags -> a validated RunConfig."""
-    merged: dict[str, Any] = {}
+    """Defaults < preset < config file < flags -> a validated RunConfig.
+
+    Two rules tie the schedule keys of the layers together: piecewise segments (`lr_segments`)
+    given in a layer above the one choosing `lr_schedule` select `piecewise`, and a layer that
+    chooses another `lr_schedule` drops the segments of the layers below it (`--preset
+    iwae-paper-vae --lr-schedule cosine` trains with a cosine, not the preset's segments).
+    """
+    layers: list[dict[str, Any]] = []
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
-        merged.update(PRESETS[preset])
-    without_file = dict(merged)
-    # A learning-rate schedule is written for a number of epochs: remember which, so that a later
-    # layer that only changes the epochs stretches the schedule instead of cutting it short.
-    schedule_epochs = merged.get("train.epochs") if "train.lr_schedule" in merged else None
-    if config_file is not None:
-        from_file = read_config_file(config_file)
-        merged.update(from_file)
-        if "train.lr_schedule" in from_file:
-            schedule_epochs = merged.get("train.epochs", TrainConfig().epochs)
-    merged.update(overrides)
-    without_file.update(overrides)
-    if "train.lr_schedule" in overrides:
-        schedule_epochs = None  # given explicitly: used as given
-    schedule = merged.get("train.lr_schedule")
-    epochs = merged.get("train.epochs", TrainConfig().epochs)
-    if schedule and schedule_epochs and isinstance(epochs, (int, float)) and epochs != schedule_epochs:
-        scale = epochs / schedule_epochs
-        merged["train.lr_schedule"] = [[length * scale, mult] for length, mult in schedule]
+        layers.append(dict(PRESETS[preset]))
+    from_file = read_config_file(config_file) if config_file is not None else None
+    if from_file is not None:
+        layers.append(from_file)
+    layers.append(dict(overrides))
+    merged = _merge_schedule_layers(layers)
+    without_file = _merge_schedule_layers([layer for layer in layers if layer is not from_file])
     try:
         return RunConfig.from_dict(_nest(merged))
     except ConfigError as exc:
@@ -284,6 +318,34 @@ def build_config(preset: Optional[str], config_file: Optional[str], overrides: d
             raise
         # The same settings without the file are fine, so the file holds the bad value: say so.
         raise ConfigError(f"{exc} (in {config_file})") from None
+
+
+def _merge_schedule_layers(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the layers (lowest first) with the schedule rules of `build_config`.
+
+    Piecewise segments are written for a number of epochs: a later layer that only changes the
+    epochs stretches them, keeping the shape (the IWAE presets' 3280 passes -> --epochs E).
+    """
+    merged: dict[str, Any] = {}
+    segments_layer = schedule_layer = -1
+    segments_epochs = None  # the epochs the segments were written for
+    for index, layer in enumerate(layers):
+        merged.update(layer)
+        if "train.lr_schedule" in layer:
+            schedule_layer = index
+        if "train.lr_segments" in layer:
+            segments_layer = index
+            segments_epochs = merged.get("train.epochs", TrainConfig().epochs)
+    if segments_layer > schedule_layer and merged.get("train.lr_segments"):
+        merged["train.lr_schedule"] = "piecewise"
+    elif schedule_layer > segments_layer and merged.get("train.lr_schedule") != "piecewise":
+        merged.pop("train.lr_segments", None)
+        segments_epochs = None
+    segments, epochs = merged.get("train.lr_segments"), merged.get("train.epochs", TrainConfig().epochs)
+    if segments and segments_epochs and isinstance(epochs, (int, float)) and epochs != segments_epochs:
+        scale = epochs / segments_epochs
+        merged["train.lr_segments"] = [[length * scale, mult] for length, mult in segments]
+    return merged
 
 
 def _builds(flat: dict[str, Any]) -> bool:

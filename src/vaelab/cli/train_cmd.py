@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default runs/<dataset>-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set-up (see README)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set-up (see the Training docs)")
     p.add_argument("--config", metavar="FILE",
                    help="a TOML or JSON config with [data] [model] [train] tables (RUN/config.json repeats RUN)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--show", action="store_true", help="print the resolved config (the default action)")
     c.add_argument("--format", choices=("json", "toml"), default="json",
                    help="json (the config.json layout, default) or toml (a file for --config)")
-    c.add_argument("--preset", choices=sorted(PRESETS))
-    c.add_argument("--config", metavar="FILE")
+    c.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set-up (as vaelab train --preset)")
+    c.add_argument("--config", metavar="FILE", help="a TOML or JSON config file to resolve (as vaelab train --config)")
     add_train_flags(c)
     c.set_defaults(func=run_config)
 
@@ -52,23 +52,19 @@ DEMO_GAUSSIAN_STD = 0.15
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
     from vaelab.runtime import enable_flush_denormals
-    from vaelab.tracking import require_tensorboard
     from vaelab.training import resume, train
 
     enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
+    # train() and resume() check every input (config, optional packages, data, the run folder and
+    # its lock) before they write anything.
     if args.resume:
         overrides = flag_overrides(args)
         unexpected = sorted(set(overrides) - {"train.epochs"})
         if unexpected or args.preset or args.config:
             raise_config("--resume continues a run as configured; only --epochs may be given with it")
-        saved = Path(args.resume) / "config.json"
-        if saved.is_file() and RunConfig.load(saved).train.tensorboard:
-            require_tensorboard()  # before anything in the run folder changes
         run_dir = resume(args.resume, progress=not args.quiet, epochs=overrides.get("train.epochs"))
     else:
         cfg = build_config(args.preset, args.config, flag_overrides(args))
-        if cfg.train.tensorboard:
-            require_tensorboard()  # before anything is written
         run_dir = train(cfg, args.out, force=args.force, progress=not args.quiet)
     from vaelab.distributed import is_main_process
 
@@ -119,7 +115,14 @@ def _print_summary(run_dir: Path) -> None:
     cfg = RunConfig.load(Path(run_dir) / "config.json")
     print(f"run folder: {run_dir}")
     if last:
+        stopped = (f" (early stopping: {cfg.train.early_stopping} epochs without a better validation loss)"
+                   if cfg.train.early_stopping and last["epoch"] < cfg.train.epochs else "")
         print(f"final validation loss: {last['val_loss']:.4f} nats/image "
               f"(recon {last['val_recon']:.4f}, kl {last['val_kl']:.4f}; {cfg.model.likelihood} likelihood) "
-              f"after {last['epoch']} epochs")
+              f"after {last['epoch']} epochs{stopped}")
+        best = next((r for r in metrics if r["epoch"] == last.get("best_epoch")), None)
+        if cfg.train.keep == "best" and best is not None:
+            print(f"model.safetensors holds epoch {best['epoch']}, the best: validation loss {best['val_loss']:.4f}")
+    if cfg.weights == "ema":
+        print(f"model.safetensors holds the moving average of the weights (decay {cfg.train.ema_decay})")
     print(f"figures: {Path(run_dir) / 'figures'}")

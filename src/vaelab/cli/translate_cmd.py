@@ -46,14 +46,11 @@ def run_translate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
-    import torch
-
     import vaelab
-    from vaelab.image_metrics import psnr, ssim
     from vaelab.models import require_family
+    from vaelab.runlock import run_lock_for_output
     from vaelab.training import pick_device
-    from vaelab.translate.figures import translation_figure
-    from vaelab.translate.io import output_folders, read_images, writers_for
+    from vaelab.translate.io import output_folders, read_images
 
     model = vaelab.load(run_dir, device=pick_device(args.device))
     require_family(model, "translate", "vaelab translate")
@@ -66,9 +63,24 @@ def run_translate(args: argparse.Namespace) -> int:
         if target is not None and len(target) != len(x):
             raise ConfigError(f"{source} holds {len(x)} images but its target holds {len(target)}")
     out = Path(args.out) if args.out else run_dir / "translations"
+    with run_lock_for_output(run_dir, out, "vaelab translate"):  # one writer per run folder (vaelab.runlock)
+        report = _translate_all(model, args, sources, output_folders(sources, out), inputs, targets)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _translate_all(model, args: argparse.Namespace, sources, folders, inputs, targets) -> list[dict]:
+    """Translate and write every input (every input checked already); the report of what was written."""
+    import torch
+
+    from vaelab.image_metrics import psnr, ssim
+    from vaelab.translate.figures import translation_figure
+    from vaelab.translate.io import writers_for
+
     generator = torch.Generator().manual_seed(args.seed)
     report = []
-    for source, folder, x, target in zip(sources, output_folders(sources, out), inputs, targets):
+    for source, folder, x, target in zip(sources, folders, inputs, targets):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -95,6 +107,4 @@ def run_translate(args: argparse.Namespace) -> int:
                 base = f", input {entry['input_psnr']:.2f} dB" if entry["input_psnr"] is not None else ""
                 scores = f"  (mean vs target: PSNR {entry['psnr']:.2f} dB{base}, SSIM {entry['ssim']:.4f})"
             print(f"{source} -> {folder}/{scores}")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
+    return report

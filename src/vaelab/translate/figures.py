@@ -81,7 +81,9 @@ def translation_figure(inputs: torch.Tensor, means: torch.Tensor, samples: torch
     if k > shown:
         heading += f" ({shown} of {k} samples shown)"
     fig.suptitle(heading, fontsize=9)
-    fig.savefig(path, dpi=110)
+    from vaelab.plots import save_png
+
+    save_png(path, lambda buffer: fig.savefig(buffer, format="png", dpi=110))  # written atomically
     plt.close(fig)
     return Path(path)
 

@@ -15,6 +15,7 @@ different images compare), std.tiff (the same map, exact float32 values), target
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from vaelab.data.pairs import READERS, reader_extension, scan_images
-from vaelab.errors import DataError, RunError
+from vaelab.errors import DataError
 from vaelab.translate.figures import as_uint8, std_map
 
 STD_PNG_FULL_SCALE = 0.25  # std.png: 255 means a std of 0.25 (a quarter of the pixel range) or more
@@ -91,10 +92,12 @@ def write_std(path: Path, std: torch.Tensor) -> list[Path]:
 
 
 def _save(image: Image.Image, target: Path) -> None:
-    try:
-        image.save(target)
-    except OSError as exc:
-        raise RunError(f"cannot write {target}: {exc.strerror or exc}") from None
+    """Encode in memory, then one atomic write (a reader never sees half a file; a failure is one RunError)."""
+    from vaelab.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if target.suffix == ".tiff" else "PNG")
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 # Input extension -> writer(out path without extension, float images (n, C, H, W)); default write_png.

@@ -29,7 +29,6 @@ class TranslateBoardHook:
 
         from vaelab.translate.evaluate import fixed_pairs
 
-        self.total_epochs = cfg.train.epochs
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
         self.writer.add_text("config", "```\n" + cfg.to_json() + "\n```", 0)
         self.pairs = fixed_pairs(data.val, "validation", max_images=NUM_IMAGES)
@@ -42,7 +41,9 @@ class TranslateBoardHook:
 
         epoch = int(row["epoch"])
         for key, value in row.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in ("epoch", "step", "best_epoch") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
                 self.writer.add_scalar(scalar_tag(key), value, epoch)
         x, target = self.pairs.inputs, self.pairs.targets[0]
         out = model.translate(x.to(model.device), SAMPLES, torch.Generator().manual_seed(self.seed))
@@ -56,5 +57,7 @@ class TranslateBoardHook:
                           mean, shown, target])
         self.writer.add_image("translations", image_grid(grid, nrow=len(x)), epoch, dataformats="HWC")
         self.writer.flush()
-        if epoch >= self.total_epochs:
-            self.writer.close()
+
+    def close(self, failed: bool = False) -> None:
+        """Close the event file (the run ended, or stopped early)."""
+        self.writer.close()
