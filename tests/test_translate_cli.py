@@ -229,3 +229,26 @@ def test_tensorboard_logs_translations(mnist_dir, tmp_path):
     assert len(acc.Scalars("translate/psnr_val")) == 2 and len(acc.Images("translations")) == 2
     image = Image.open(io.BytesIO(acc.Images("translations")[-1].encoded_image_string))
     assert image.size[0] > image.size[1]  # 8 images per row, 4 rows (input, mean, std, target)
+
+
+def test_translate_into_a_run_in_use_is_refused(degrade_run, tmp_path, capsys):
+    """One writer per run folder: while another process holds RUN's lock, `vaelab translate` writing
+    into RUN stops with exit code 4 and writes nothing; output elsewhere needs no lock."""
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vaelab.runlock import run_lock\n"
+                               "with run_lock(sys.argv[1], 'vaelab train'):\n    print('locked', flush=True)\n"
+                               "    time.sleep(120)\n", str(degrade_run)],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        out = degrade_run / "translations-while-locked"
+        assert main(["translate", str(degrade_run), "--images", str(image), "--out", str(out)]) == 4
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "in use by another vaelab process" in err and not out.exists()
+        assert main(["translate", str(degrade_run), "--images", str(image), "--out", str(tmp_path / "o")]) == 0
+        assert (tmp_path / "o" / "x" / "figure.png").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
