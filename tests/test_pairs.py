@@ -18,6 +18,15 @@ from vaelab.data.pairs import pair_split_keys
 from vaelab.errors import ConfigError, DataError
 
 
+@pytest.fixture(autouse=True)
+def _no_flush_to_zero_left_behind():
+    """`vaelab train` in this process turns subnormal flushing on first (vaelab.runtime); a run that
+    fails before training leaves it on, and later tests (hypothesis' floats) would see it."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
