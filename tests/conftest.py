@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_cache(tmp_path_factory):
+    # The decoded-image cache (and any other cache under $VAELAB_DATA) goes to a folder of this
+    # test session, never the user's ~/.cache/vaelab; tests that need their own set it themselves.
+    if "VAELAB_DATA" in os.environ:
+        yield
+        return
+    os.environ["VAELAB_DATA"] = str(tmp_path_factory.mktemp("vaelab-data"))
+    yield
+    del os.environ["VAELAB_DATA"]
+
+
 @pytest.fixture(autouse=True)
 def _small_threads():
     # Tests are tiny; many threads only add contention on 2-core machines.

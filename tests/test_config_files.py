@@ -18,7 +18,8 @@ from vaelab.config import RunConfig
 SAMPLES = {
     "--dataset": "npz", "--data-dir": "some/images", "--data-path": "some/file.npz", "--image-size": "32",
     "--channels": "3", "--binarize": "dynamic", "--val-fraction": "0.25", "--split-seed": "5",
-    "--intensity-window": "100,4000", "--arch": "conv", "--latent-dim": "7", "--hidden": "64,32",
+    "--intensity-window": "100,4000", "--train-classes": "0,3", "--arch": "conv", "--latent-dim": "7",
+    "--hidden": "64,32",
     "--activation": "tanh", "--likelihood": "bernoulli", "--gaussian-std": "0.3", "--epochs": "3",
     "--batch-size": "20", "--lr": "0.0003", "--adam-betas": "0.5,0.9", "--adam-eps": "0.0001", "--seed": "11",
     "--beta": "2.5", "--kl-warmup": "1.5", "--objective": "iwae", "--iw-samples-train": "5", "--grad-clip": "1.0",
@@ -27,6 +28,7 @@ SAMPLES = {
     "--warmup-epochs": "1.5", "--min-lr": "0.00001", "--lr-decay": "0.5", "--lr-step": "4", "--lr-patience": "2",
     "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",
     "--mlflow": "http://127.0.0.1:5000",
+    "--slice-axis": "1",
     "--task": "translate", "--input-dir": "some/inputs", "--target-dir": "some/targets",
     "--degrade": "noise=0.1,downsample=2", "--inject-stages": "2",
 }
@@ -60,10 +62,14 @@ def test_every_flag_is_a_real_config_key():
 
 @pytest.mark.parametrize("flag", TRAIN_FLAGS, ids=lambda f: f.flag)
 def test_each_flag_and_its_toml_key_give_the_same_config(flag, tmp_path, capsys):
-    argv = [flag.flag] if flag.is_switch else [flag.flag, SAMPLES[flag.flag]]
+    section, name = flag.key.split(".")
+    if flag.is_switch:  # the form that changes the default: --x for a default off, --no-x for one on
+        on_by_default = getattr(getattr(RunConfig(), section), name)
+        argv = ["--no-" + flag.flag[2:] if on_by_default else flag.flag]
+    else:
+        argv = [flag.flag, SAMPLES[flag.flag]]
     context = CONTEXT.get(flag.flag, [])
     from_flag = _show(capsys, *context, *argv)
-    section, name = flag.key.split(".")
     value = from_flag[section][name]
     # The setting without the flag: in its context where that is valid alone (--task translate is
     # not: its context, --arch unet with paired data, needs it), else the default.

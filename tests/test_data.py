@@ -163,7 +163,7 @@ def test_batches_cover_the_split_once_per_epoch():
 
 
 def test_registry_lists_every_dataset():
-    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "folder", "npz", "pairs"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "pairs"}
 
 
 def test_download_checks_md5_and_writes_atomically(tmp_path, has_real_mnist):

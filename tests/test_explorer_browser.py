@@ -173,6 +173,31 @@ def test_explorer_page_in_chromium(browser, served_run, tmp_path):
     torch.testing.assert_close(torch.tensor(page.evaluate("window.vaelabExplorer.state.z")), expected,
                                atol=1e-4, rtol=0)
 
+    # -- the anomaly panel: the same upload is scored against the normal training images
+    from vaelab.anomaly import SCORE_NAMES, score
+
+    page.wait_for_selector("#anomaly-result:not([hidden])")
+    page.wait_for_function("() => window.vaelabAnomaly.last !== null")
+    result = page.evaluate("window.vaelabAnomaly.last")
+    assert page.locator("#anomaly-table tbody tr").count() == len(SCORE_NAMES)
+    direct = score(model, torch.from_numpy(bar)[None, None], scores=["recon_mse"])["recon_mse"][0]
+    shown = {s["name"]: s for s in result["scores"]}
+    assert shown["recon_mse"]["value"] == pytest.approx(float(direct), rel=1e-5)
+    assert all(0 <= s["percentile"] <= 100 for s in result["scores"])
+    cells = page.locator("#anomaly-table tbody tr[data-score='nll'] td")
+    assert cells.nth(2).inner_text().endswith("th")  # the percentile column
+    for selector in ("#anomaly-input", "#anomaly-recon", "#anomaly-map"):
+        assert page.get_attribute(selector, "src").startswith("data:image/png;base64,")
+    # Its own upload button scores another image (an inverted bar: far more unusual).
+    before = page.evaluate("window.vaelabAnomaly.requests")
+    Image.fromarray(255 - bar).save(tmp_path / "inverted.png")
+    page.set_input_files("#anomaly-upload", str(tmp_path / "inverted.png"))
+    page.wait_for_function(f"() => window.vaelabAnomaly.requests > {before} && "
+                           "window.vaelabAnomaly.last.scores.find(s => s.name === 'recon_mse').value !== "
+                           f"{shown['recon_mse']['value']}")
+    inverted = {s["name"]: s for s in page.evaluate("window.vaelabAnomaly.last")["scores"]}
+    assert inverted["recon_mse"]["value"] > shown["recon_mse"]["value"]
+
     # -- errors from the API are shown on the page, which keeps working
     page.fill("#slot-a .index", "999999")
     page.click("#slot-a .load")

@@ -19,9 +19,10 @@ import torch
 import vaelab
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRAS = {"explorer", "export", "tensorboard", "dev", "browser"}
+EXTRAS = {"explorer", "export", "tensorboard", "dev", "browser", "medical"}
 # Packages that only extras may bring in: the base install must not.
-OPTIONAL_MODULES = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "fastapi", "uvicorn", "playwright", "pytest")
+OPTIONAL_MODULES = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "fastapi", "uvicorn", "playwright", "pytest",
+                    "pydicom", "nibabel")
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,11 @@ def test_wheel_installs_and_runs_demo_in_a_fresh_venv(wheel, tmp_path):
 
     # Without the extras, the optional features fail in one line that names the extra.
     for argv, extra in ((["export", out, "--format", "onnx"], "vaelab[export]"),
-                        (["train", "--tensorboard", "--epochs", "1", "--out", tmp_path / "tb"], "vaelab[tensorboard]")):
+                        (["train", "--tensorboard", "--epochs", "1", "--out", tmp_path / "tb"], "vaelab[tensorboard]"),
+                        (["train", "--dataset", "dicom", "--data-dir", tmp_path, "--out", tmp_path / "tb"],
+                         "vaelab[medical]"),
+                        (["train", "--dataset", "nifti", "--data-dir", tmp_path, "--out", tmp_path / "tb"],
+                         "vaelab[medical]")):
         result = _run([cli, *argv], cwd=tmp_path, check=False)
         err = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(err) == 1 and extra in err[0], result.stderr

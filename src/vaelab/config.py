@@ -33,7 +33,7 @@ MAX_IW_SAMPLES = 1_000_000
 # A hand-edited or hostile config must not make `VAE(...)` allocate until the machine dies.
 MAX_PARAMETERS = 2_000_000_000
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "pairs"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "pairs"]
 Binarize = Literal["none", "dynamic", "static"]
 ArchName = Literal["mlp", "conv", "unet"]  # unet: the image-to-image family (--task translate)
 # What a run learns: generate = a VAE of the images; translate = an image-to-image model, the
@@ -121,8 +121,17 @@ class DataConfig:
     binarize: Binarize = "none"
     val_fraction: float = 0.1  # share of the training split held out for validation
     split_seed: int = 0  # fixes the train/validation split and the static binarisation
-    # folder: map 16-bit / float intensities [low, high] -> 0..255 (clipped); None = min..max per image
+    # folder: map 16-bit / float intensities [low, high] -> 0..255 (clipped); None = min..max per image.
+    # dicom / nifti: the window in modality units (HU for CT); None = per-series robust percentiles.
     intensity_window: Optional[list[float]] = None
+    # Keep only these labels in the training and validation splits (the test split keeps every
+    # class): train on "normal" classes for anomaly detection. Empty = every class.
+    train_classes: list[int] = field(default_factory=list)
+    cache: bool = True  # folder / dicom / nifti: decode once into the decoded-image cache (data/cache.py)
+    slice_axis: Optional[int] = None  # nifti: voxel axis to slice along; None = the one closest to axial
+    keep_empty_slices: bool = False  # dicom / nifti: keep slices that are one constant value after windowing
+    allow_mixed: bool = False  # dicom: allow several modalities (CT, MR, ...) in one dataset
+    class_folders: bool = True  # dicom / nifti: the top-level sub-folders of data_dir are class labels
     # pairs (--task translate): input and target images matched by their path relative to each folder
     input_dir: Optional[str] = None
     target_dir: Optional[str] = None
@@ -141,12 +150,16 @@ class DataConfig:
             problems.append(f"intensity_window must be [low, high] with low < high, got {self.intensity_window}")
         if self.image_size is not None and not 4 <= self.image_size <= 1024:
             problems.append(f"image_size must be between 4 and 1024, got {self.image_size}")
+        if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
+            problems.append(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
         if self.channels is not None and self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.split_seed < MAX_SEED:
             problems.append(f"split_seed must be in 0..2**63-1, got {self.split_seed}")
+        if any(c < 0 for c in self.train_classes) or len(set(self.train_classes)) != len(self.train_classes):
+            problems.append(f"train_classes must be distinct labels >= 0, got {self.train_classes}")
         if self.dataset == "pairs" and (self.input_dir is None or self.target_dir is None):
             problems.append("--dataset pairs needs --input-dir A and --target-dir B")
         if self.dataset != "pairs" and (self.input_dir is not None or self.target_dir is not None):

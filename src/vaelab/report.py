@@ -110,7 +110,7 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
     parts += [_figure_html(f) for f in figures]
     if evaluation is not None:
         parts += ["<h2>Evaluation (eval.json)</h2>", _value_html(evaluation)]
-    parts += ["<h2>Configuration (config.json)</h2>", _value_html(cfg.to_dict())]
+    parts += ["<h2>Configuration (config.json)</h2>", _value_html(_shown_config(cfg))]
     body = "\n".join(parts)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>vaelab report: {_e(run_dir.resolve().name)}</title>\n<style>{STYLE}</style>\n</head>\n"
@@ -118,6 +118,17 @@ def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device
 
 
 # ---- data and figures ----------------------------------------------------------------------------
+
+
+PATHS_NOT_SHOWN = ("dicom", "nifti")  # datasets whose paths the report never shows (patient folders)
+
+
+def _shown_config(cfg) -> dict:
+    """The config as the report shows it: a medical dataset's folder is left out."""
+    shown = cfg.to_dict()
+    if cfg.data.dataset in PATHS_NOT_SHOWN:
+        shown["data"]["data_dir"] = "(not shown for medical data)"
+    return shown
 
 
 def _load_data(cfg, data_dir: Optional[str], notes: list[str]):
@@ -132,7 +143,9 @@ def _load_data(cfg, data_dir: Optional[str], notes: list[str]):
     try:
         return load_data(data_cfg)
     except DataError as exc:
-        notes.append(f"The run's dataset is not available ({exc}); figures that need it are left out. "
+        # A scan's path may name the patient: medical datasets say only that the data is missing.
+        reason = "" if cfg.data.dataset in PATHS_NOT_SHOWN else f" ({exc})"
+        notes.append(f"The run's dataset is not available{reason}; figures that need it are left out. "
                      "Point to it with --data-dir.")
         return None
 

@@ -32,7 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
-                 "tensorboard", "export", "mlflow.json", "translations")
+                 "tensorboard", "export", "mlflow.json", "anomaly", "translations")
 # LOCK_FILE (the one-writer lock, vaelab.runlock) is never removed and does not count as content.
 
 

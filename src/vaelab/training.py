@@ -48,6 +48,7 @@ from vaelab.checkpoint import (
 )
 from vaelab.config import RunConfig, fused_step_fits
 from vaelab.data import ImageData, load_data
+from vaelab.data.base import keep_classes
 from vaelab.data.batches import iterate_batches, to_device
 from vaelab.distributed import (
     DistContext,
@@ -140,7 +141,10 @@ def train(cfg: RunConfig, out: Optional[str | Path] = None, *, force: bool = Fal
     """
     cfg.validate()
     require_trackers(cfg)
-    data = data if data is not None else load_data(cfg.data)
+    if data is None:
+        data = load_data(cfg.data)
+    elif cfg.data.train_classes:  # data handed in: choose the classes here too (idempotent)
+        data = keep_classes(data, cfg.data.train_classes)
     cfg = finalize_config(cfg, data)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.data.dataset)
     ctx = context_from_env()  # torchrun's rank and world size (rank 0 of 1 otherwise)

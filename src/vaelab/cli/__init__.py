@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "vaelab.cli.latent_cmd",
     "vaelab.cli.report_cmd",
     "vaelab.cli.eval_cmd",
+    "vaelab.cli.anomaly_cmd",
     "vaelab.cli.explore_cmd",
     "vaelab.cli.export_cmd",
     "vaelab.cli.import_cmd",

@@ -155,8 +155,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
     from vaelab.latent import reconstruct_images
+    from vaelab.volume_reconstruct import is_nifti_output, scan_kind
 
     ctx = RunContext(args)
+    scans = [Path(f) for f in (args.images or []) if scan_kind(Path(f))]
+    if scans or is_nifti_output(args.out):
+        return reconstruct_scans(ctx, args, scans)
     specs = [str(i) for i in (args.indices or [])] + list(args.images or [])
     if not specs:
         specs = [str(i) for i in range(min(10, len(ctx.split)))]
@@ -167,6 +171,23 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             raise ConfigError("this run is conditional; give the label of the image files with --label")
         y = torch.tensor(labels)
     return ctx.write(reconstruct_images(ctx.model, x, y), "reconstruct")
+
+
+def reconstruct_scans(ctx: RunContext, args: argparse.Namespace, scans: list[Path]) -> int:
+    """`reconstruct --images SCAN`: a NIfTI in the scan's geometry (--out X.nii.gz) or a PNG of its slices."""
+    from vaelab import volume_reconstruct as vr
+
+    if len(scans) != 1 or len(args.images or []) != 1 or args.indices:
+        raise ConfigError("give one scan with --images (a .nii / .nii.gz file, a DICOM file or a folder of one "
+                          "DICOM series) and no other inputs")
+    label = ctx.label(args.label) if args.label is not None else None
+    scan = vr.read_scan(scans[0], ctx.cfg.data.slice_axis)
+    if vr.is_nifti_output(args.out):
+        vr.require_nibabel()
+        out = vr.write_nifti(Path(args.out), scan, vr.reconstruct_scan(ctx.model, ctx.cfg.data, scan, label))
+        print(f"wrote {out}")
+        return 0
+    return ctx.write(vr.scan_table(ctx.model, ctx.cfg.data, scan, label), "reconstruct")
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
@@ -312,9 +333,9 @@ def folder_direction(ctx: RunContext, args: argparse.Namespace) -> torch.Tensor:
 # ---- argument parsers ---------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, name: str, inputs: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, name: str, inputs: bool = True, out_help: str = "") -> None:
     p.add_argument("run", metavar="RUN", help="a run folder written by `vaelab train`")
-    p.add_argument("--out", metavar="FILE", help=f"PNG to write (default RUN/figures/{name}.png)")
+    p.add_argument("--out", metavar="FILE", help=f"PNG to write (default RUN/figures/{name}.png){out_help}")
     p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is now, if it moved")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="default cpu")
     if inputs:
@@ -336,8 +357,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser("reconstruct", help="inputs above their reconstructions (dataset images or your files)")
-    _common(p, "reconstruct")
-    p.add_argument("--images", nargs="+", metavar="FILE", help="image files (converted to the model's format)")
+    _common(p, "reconstruct", out_help="; with a scan in --images, OUT.nii or OUT.nii.gz writes the "
+            "reconstructed volume in the scan's geometry")
+    p.add_argument("--images", nargs="+", metavar="FILE",
+                   help="image files (converted to the model's format), or one scan: a .nii / .nii.gz volume, a "
+                        "DICOM file or a folder of one DICOM series (with --out X.nii.gz: written in the scan's "
+                        "shape and affine, in modality units)")
     p.add_argument("--indices", nargs="+", type=int, metavar="I", help="indices into --split (default 0..9)")
     p.set_defaults(func=run_reconstruct)
 

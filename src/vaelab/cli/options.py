@@ -90,25 +90,43 @@ def degrade_spec(text: str) -> dict[str, float]:
 TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--task", "model.task", str, "generate (a VAE of the images, default) or translate (image to image: "
          "the Probabilistic U-Net, with --arch unet and paired data)", ("generate", "translate")),
-    Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz, pairs "
-         "(translate: --input-dir and --target-dir)", ("digits", "mnist", "fashion-mnist", "folder", "npz", "pairs")),
+    Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz, "
+         "dicom, nifti (pip install 'vaelab[medical]'), pairs (translate: --input-dir and --target-dir)",
+         ("digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "pairs")),
     Flag("--input-dir", "data.input_dir", str, "pairs: folder of input images (matched to targets by relative path)"),
     Flag("--target-dir", "data.target_dir", str, "pairs: folder of target images"),
     Flag("--degrade", "data.degrade", degrade_spec,
          "translate: degraded copies of the dataset's images are the inputs, drawn afresh each time: any of "
          "noise=STD (Gaussian, on [0, 1]), blur=SIGMA (px), downsample=F (then bicubic up), jpeg=QUALITY",
          metavar="noise=0.1,blur=1.5,downsample=2,jpeg=30"),
-    Flag("--data-dir", "data.data_dir", str, "folder with the IDX files (mnist) or the images (folder)"),
+    Flag("--data-dir", "data.data_dir", str, "folder with the IDX files (mnist), the images (folder) or the "
+         "scans (dicom, nifti; searched recursively)"),
     Flag("--data-path", "data.data_path", str, "the .npz file (npz)"),
-    Flag("--image-size", "data.image_size", int, "folder: resize images to S×S (default 28)"),
-    Flag("--channels", "data.channels", int, "folder: 1 (grey, default) or 3 (RGB)"),
+    Flag("--image-size", "data.image_size", int, "folder/dicom/nifti: resize images to S×S (default 28; 64 for "
+         "dicom/nifti)"),
+    Flag("--channels", "data.channels", int, "folder/dicom/nifti: 1 (grey, default) or 3 (RGB)"),
     Flag("--binarize", "data.binarize", str, "none (grey values), dynamic (resampled each use), static",
          ("none", "dynamic", "static")),
     Flag("--val-fraction", "data.val_fraction", float, "share of the training images held out (default 0.1)"),
     Flag("--split-seed", "data.split_seed", int, "seed of the train/validation split"),
     Flag("--intensity-window", "data.intensity_window", float_pair,
          "folder: map 16-bit/float intensities LOW..HIGH to 0..255, clipping outside (default: each image's "
-         "min..max); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
+         "min..max); dicom/nifti: the window in modality units, HU for CT (default: each series' 0.5th..99.5th "
+         "percentiles); a negative LOW needs '=': --intensity-window=-160,240", metavar="LOW,HIGH"),
+    Flag("--cache", "data.cache", None, "folder/dicom/nifti: decode once into the decoded-image cache in "
+         "$VAELAB_DATA/decoded or ~/.cache/vaelab/decoded and memory-map it (default on)", is_switch=True),
+    Flag("--slice-axis", "data.slice_axis", int, "nifti: voxel axis 0, 1 or 2 to cut 2-D slices along "
+         "(default: the axis closest to axial)"),
+    Flag("--keep-empty-slices", "data.keep_empty_slices", None, "dicom/nifti: keep slices that are one constant "
+         "value after windowing (skipped by default)", is_switch=True),
+    Flag("--allow-mixed", "data.allow_mixed", None, "dicom: allow several modalities (e.g. CT and MR) in one "
+         "dataset", is_switch=True),
+    Flag("--class-folders", "data.class_folders", None, "dicom/nifti: the top-level sub-folders of --data-dir are "
+         "class labels (default); --no-class-folders ignores them (e.g. PATIENT/STUDY/SERIES exports)",
+         is_switch=True),
+    Flag("--train-classes", "data.train_classes", int_list,
+         "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
+         "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
     Flag("--arch", "model.arch", str, "mlp (the paper's), conv, or unet (--task translate)", ("mlp", "conv", "unet")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels, e.g. 512,256; unet: channels "

@@ -51,10 +51,17 @@ DEMO_GAUSSIAN_STD = 0.15
 
 def run_train(args: argparse.Namespace) -> int:
     """`vaelab train`: build the config (defaults < preset < file < flags), train or resume, summarise."""
-    from vaelab.runtime import enable_flush_denormals
+    from vaelab.runtime import flush_denormals
+
+    # On before torch starts worker threads (they inherit it, see vaelab.runtime); off again when
+    # the command ends, also on an error, so an in-process caller of main() keeps IEEE subnormals.
+    with flush_denormals():
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from vaelab.training import resume, train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     # train() and resume() check every input (config, optional packages, data, the run folder and
     # its lock) before they write anything.
     if args.resume:
@@ -76,10 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """`vaelab demo`: the paper's set-up on the bundled digits, with a stronger reconstruction weight."""
     from vaelab.runs import default_run_dir
-    from vaelab.runtime import enable_flush_denormals
+    from vaelab.runtime import flush_denormals
     from vaelab.training import train
 
-    enable_flush_denormals()  # before torch starts worker threads: they inherit it (see vaelab.runtime)
     cfg = build_config(None, None, {
         "data.dataset": "digits", "model.arch": "mlp", "model.latent_dim": 2, "model.likelihood": "gaussian",
         "model.hidden": [256, 128], "train.epochs": args.epochs, "train.batch_size": 64,
@@ -88,7 +94,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "model.gaussian_std": DEMO_GAUSSIAN_STD,
     })
     out = args.out or default_run_dir("demo")
-    run_dir = train(cfg, out, force=args.force, progress=not args.quiet)
+    with flush_denormals():  # before torch starts worker threads, off again after (see run_train)
+        run_dir = train(cfg, out, force=args.force, progress=not args.quiet)
     _print_summary(run_dir)
     return 0
 

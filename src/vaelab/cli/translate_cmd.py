@@ -14,6 +14,7 @@ from pathlib import Path
 from vaelab.errors import ConfigError, RunError
 
 DEFAULT_SAMPLES = 8
+FIGURE_SLICES = 6  # rows of figure.png for a multi-slice input (evenly spaced slices)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,10 +56,9 @@ def run_translate(args: argparse.Namespace) -> int:
     model = vaelab.load(run_dir, device=pick_device(args.device))
     require_family(model, "translate", "vaelab translate")
     cfg = model.run_config
-    window = None if cfg.data.intensity_window is None else tuple(cfg.data.intensity_window)
     sources = [Path(p) for p in args.images]
-    inputs = read_images(sources, model.input_shape, window)  # every file checked before anything is written
-    targets = read_images(args.targets, model.image_shape, window) if args.targets else [None] * len(inputs)
+    inputs = read_images(sources, model.input_shape, cfg.data)  # every file checked before anything is written
+    targets = read_images(args.targets, model.image_shape, cfg.data) if args.targets else [None] * len(inputs)
     for source, x, target in zip(sources, inputs, targets):
         if target is not None and len(target) != len(x):
             raise ConfigError(f"{source} holds {len(x)} images but its target holds {len(target)}")
@@ -87,7 +87,7 @@ def _translate_all(model, args: argparse.Namespace, sources, folders, inputs, ta
             raise RunError(f"cannot create {folder}: {exc.strerror or exc}") from None
         result = model.translate(x.to(model.device), args.samples, generator)
         mean, samples, std = result.mean.float().cpu(), result.samples.float().cpu(), result.std.float().cpu()
-        write, write_std = writers_for(source)
+        write, write_std = writers_for(source, model.run_config.data)
         files = write(folder / "input", x) + write(folder / "mean", mean)
         for k in range(args.samples):
             files += write(folder / f"sample-{k + 1:02d}", samples[k])
@@ -98,7 +98,10 @@ def _translate_all(model, args: argparse.Namespace, sources, folders, inputs, ta
             entry.update(psnr=float(psnr(mean, target).mean()), ssim=float(ssim(mean, target).mean()),
                          input_psnr=float(psnr(x, target).mean()) if x.shape == target.shape else None)
         title = f"{source.name}: input, mean, samples, std" + (", target" if target is not None else "")
-        figure = translation_figure(x, mean, samples, std, folder / "figure.png", targets=target, title=title)
+        rows = torch.linspace(0, len(x) - 1, min(len(x), FIGURE_SLICES)).round().long().unique()  # a scan: a few slices
+        labels = [f"slice {int(r) + 1}" for r in rows] if len(x) > 1 else []
+        figure = translation_figure(x[rows], mean[rows], samples[:, rows], std[rows], folder / "figure.png",
+                                    targets=None if target is None else target[rows], row_labels=labels, title=title)
         entry["figure"] = str(figure)
         report.append(entry)
         if not args.json:

@@ -1,8 +1,9 @@
-"""Datasets: each kind loads once into uint8 tensors (N, C, H, W) held in memory.
+"""Datasets: each kind loads once into uint8 tensors (N, C, H, W), in memory or memory-mapped.
 
 `DATASETS` maps a `--dataset` name to a loader `DataConfig -> ImageData`; adding a dataset is
-adding one entry. Batches are sliced from these tensors (see `batches.py`): no per-sample Python
-work ever runs in the training loop.
+adding one entry. `folder`, `dicom` and `nifti` are decoded once into the decoded-image cache
+and mapped from it (see `cache.py`). Batches are sliced from these tensors (see `batches.py`):
+no per-sample Python work ever runs in the training loop.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import dataclasses
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split, apply_static_binarization
+from vaelab.data.base import ImageData, Split, apply_static_binarization, keep_classes
+from vaelab.data.dicom import load_dicom
 from vaelab.data.digits import load_digits
 from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
+from vaelab.data.nifti import load_nifti
 from vaelab.data.npz import load_npz
 from vaelab.data.pairs import load_pairs
 from vaelab.errors import DataError
@@ -25,16 +28,25 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "fashion-mnist": load_fashion_mnist,
     "folder": load_folder,
     "npz": load_npz,
+    "dicom": load_dicom,  # pydicom, imported on use (pip install 'vaelab[medical]')
+    "nifti": load_nifti,  # nibabel, likewise
     "pairs": load_pairs,  # image-to-image: --input-dir A --target-dir B
 }
 
 
 def load_data(cfg: DataConfig) -> ImageData:
-    """Load the dataset named in `cfg`, split it, attach a `--degrade` degradation (its images
-    become the targets of image pairs) and apply static binarisation, if asked."""
+    """Load the dataset named in `cfg`, split it, keep only `cfg.train_classes` in the training and
+    validation splits (if given), attach a `--degrade` degradation (its images become the targets of
+    image pairs) and apply static binarisation, if asked.
+
+    The classes are chosen before binarising, so `vaelab eval` (which loads grey values and
+    binarises itself) sees exactly the bits that training saw.
+    """
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset '{cfg.dataset}'; choose from {', '.join(DATASETS)}")
     data = DATASETS[cfg.dataset](cfg)
+    if cfg.train_classes:
+        data = keep_classes(data, cfg.train_classes)
     if cfg.degrade is not None:
         data = with_degradation(data, cfg)
     if cfg.binarize == "static":

@@ -116,16 +116,61 @@ def to_labels(labels: Optional[np.ndarray], n: int, where: str) -> Optional[torc
     return torch.from_numpy(labels.astype(np.int64))
 
 
+def holdout_indices(n: int, fraction: float, seed: int, what: str = "images") -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random `fraction` of 0..n-1 -> (rest, held_out) sorted int64 indices; both non-empty.
+
+    The indices alone, so a loader can decide the splits before decoding anything (the decoded
+    cache writes each split's rows straight to disk) and medical loaders can split whole series.
+    """
+    if n < 2:
+        raise DataError(f"need at least 2 {what} to make a validation split, got {n}")
+    n_out = min(max(int(round(n * fraction)), 1), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_out:].sort().values.numpy(), order[:n_out].sort().values.numpy()
+
+
+def three_way_indices(n: int, test_fraction: float, val_fraction: float, seed: int,
+                      what: str = "images") -> dict[str, np.ndarray]:
+    """Seeded train / val / test indices into 0..n-1: first `test_fraction` held out for test
+    (seed + 1), then `val_fraction` of the rest for validation (seed), as `folder` always did."""
+    if n < 3:
+        raise DataError(f"need at least 3 {what} to make train/validation/test splits, got {n}")
+    rest, test = holdout_indices(n, test_fraction, seed + 1, what)
+    keep, val = holdout_indices(len(rest), val_fraction, seed, what)
+    return {"train": rest[keep], "val": rest[val], "test": test}
+
+
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split off a seeded random `fraction` of `split` -> (rest, held_out); both non-empty."""
-    n = len(split)
-    n_out = int(round(n * fraction))
-    if n < 2:
-        raise DataError(f"need at least 2 images to make a validation split, got {n}")
-    n_out = min(max(n_out, 1), n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    keep, out = order[n_out:].sort().values, order[:n_out].sort().values
+    keep, out = (torch.from_numpy(i) for i in holdout_indices(len(split), fraction, seed))
     return split.take(keep), split.take(out)
+
+
+def keep_classes(data: ImageData, classes: list[int]) -> ImageData:
+    """Only the images of `classes` in the training and validation splits; the test split keeps all.
+
+    For one-class / anomaly training (`--train-classes`): the model sees the "normal" classes
+    only, and is then scored on a test split that still holds every class. A class the dataset
+    does not have, or one with no training image, is a DataError naming the classes there are.
+    """
+    if data.train.labels is None:
+        raise DataError(f"--train-classes needs a labelled dataset; {data.name} has no labels")
+    names = data.class_names
+    unknown = [c for c in classes if not 0 <= c < len(names)]
+    if unknown:
+        listing = ", ".join(f"{k} ({n})" if n != str(k) else str(k) for k, n in enumerate(names))
+        raise DataError(f"--train-classes: {data.name} has no class {unknown[0]}; its classes are {listing}")
+    chosen = torch.tensor(sorted(classes), dtype=torch.int64)
+
+    def take(split: Split, name: str) -> Split:
+        keep = torch.isin(split.labels, chosen).nonzero().squeeze(1)  # (n_kept,) row indices
+        if len(keep) == 0:
+            raise DataError(f"--train-classes {','.join(map(str, classes))}: the {name} split of {data.name} "
+                            f"has no image of these classes")
+        return split.take(keep)  # every per-image tensor (an image pair's input too)
+
+    return ImageData(data.name, take(data.train, "training"), take(data.val, "validation"), data.test,
+                     data.class_names)
 
 
 def apply_static_binarization(data: ImageData, seed: int) -> ImageData:

@@ -3,7 +3,8 @@
 Either all images lie directly in the folder (unlabelled) or all lie in sub-folders, one per
 class (labels = sorted sub-folder names). Hidden files are ignored; any other file that is not a
 readable image is an error naming the file, so a stray file never silently shrinks the data.
-The images are split into train / validation / test (10% test, `val_fraction` validation).
+The images are split into train / validation / test (10% test, `val_fraction` validation), decoded
+once and cached (see `cache.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split, holdout, to_labels
+from vaelab.data.base import ImageData, three_way_indices, to_labels
+from vaelab.data.cache import CacheKey, SplitWriter, load_cached
 from vaelab.data.images import IMAGE_EXTENSIONS, load_image
 from vaelab.errors import DataError
 
@@ -66,21 +68,39 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
 
 
 def load_folder(cfg: DataConfig) -> ImageData:
-    """The image folder at `data_dir`, converted and resized, split into train/val/test."""
+    """The image folder at `data_dir`, converted and resized, split into train/val/test.
+
+    Decoded once into the decoded-image cache (see `cache.py`) and memory-mapped from there on.
+    """
     if cfg.data_dir is None:
         raise DataError("--dataset folder needs --data-dir DIR (a folder of images)")
     root = Path(cfg.data_dir).expanduser()
     files, labels, class_names = scan_folder(root)
+    if len(files) < 3:
+        raise DataError(f"image folder {root} has {len(files)} image(s); need at least 3 (train/val/test)")
     size = cfg.image_size or DEFAULT_SIZE
     channels = cfg.channels or 1
     window = None if cfg.intensity_window is None else (cfg.intensity_window[0], cfg.intensity_window[1])
-    images = np.stack([load_image(p, size, channels, window) for p in files])  # (N, C, S, S) uint8
-    if len(images) < 3:
-        raise DataError(f"image folder {root} has {len(images)} image(s); need at least 3 (train/val/test)")
-    import torch
+    plan = three_way_indices(len(files), TEST_FRACTION, cfg.val_fraction, cfg.split_seed)
+    label_array = None if labels is None else to_labels(np.array(labels), len(files), str(root)).numpy()
 
-    label_array = None if labels is None else np.array(labels)
-    full = Split(torch.from_numpy(images), to_labels(label_array, len(images), str(root)))
-    rest, test = holdout(full, TEST_FRACTION, seed=cfg.split_seed + 1)
-    train, val = holdout(rest, cfg.val_fraction, seed=cfg.split_seed)
-    return ImageData("folder", train, val, test, class_names)
+    def build(writer: SplitWriter) -> tuple[list[str], dict]:
+        for split, indices in plan.items():
+            for i in indices:
+                image = load_image(files[i], size, channels, window)[None]  # (1, C, S, S) uint8
+                writer.add(split, image, None if label_array is None else label_array[i : i + 1])
+        return class_names, {}
+
+    params = {"size": size, "channels": channels, "window": window, "split_seed": cfg.split_seed,
+              "val_fraction": cfg.val_fraction, "test_fraction": TEST_FRACTION, "decoder": decoder_version()}
+    cached = load_cached(CacheKey("folder", root, files, params), build, what=f"image folder {root}",
+                         enabled=cfg.cache)
+    s = cached.splits
+    return ImageData("folder", s["train"], s["val"], s["test"], cached.class_names)
+
+
+def decoder_version() -> str:
+    """What decides how a file decodes: a change of it invalidates cached datasets."""
+    import PIL
+
+    return f"images-1/pillow-{PIL.__version__}/numpy-{np.__version__.split('.')[0]}"

@@ -5,8 +5,9 @@ the file under B at the same relative path, the extension aside: `A/scan01/slice
 `B/scan01/slice3.tif`. An input without a target (or a target without an input), two files of one
 name with different extensions, a file that is not an image, or a pair whose two images differ in
 size is one clear error naming the file. Both images of a pair are read by the same function as
-every other vaelab image (`READERS`, keyed by file extension: PIL's formats here; the DICOM and
-NIfTI readers plug in as further entries that return several slices per file), converted to
+every other vaelab image (`READERS`, keyed by file extension: PIL's formats, and NIfTI volumes
+and DICOM files, every slice, as the medical loaders cut and window them: translate/scans.py;
+an input and its target must then hold as many slices), converted to
 `--channels` and resized to `--image-size` (default: the images' own size when every file has the
 same square size).
 
@@ -25,25 +26,24 @@ import numpy as np
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data.base import ImageData, Split
+from vaelab.data.base import ImageData, Split, three_way_indices
 from vaelab.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image
 from vaelab.errors import DataError
 
 TEST_FRACTION = 0.1
-Window = Optional[tuple[float, float]]
 
 
 @dataclass(frozen=True)
 class ImageReader:
     """How one kind of image file is read: the native (H, W) of its images (to check a pair's two
     sizes before anything is resized), and its images as uint8 (n, C, S, S) (n slices; 1 for a
-    photo)."""
+    photo), given the size S, the channels C and the run's DataConfig (intensity window, slice axis)."""
 
-    size: Callable[[Path], tuple[int, int]]
-    read: Callable[[Path, int, int, Window], np.ndarray]
+    size: Callable[[Path, DataConfig], tuple[int, int]]
+    read: Callable[[Path, int, int, DataConfig], np.ndarray]
 
 
-def _pil_size(path: Path) -> tuple[int, int]:
+def _pil_size(path: Path, cfg: DataConfig) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -56,12 +56,29 @@ def _pil_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def _pil_read(path: Path, size: int, channels: int, window: Window) -> np.ndarray:
+def _pil_read(path: Path, size: int, channels: int, cfg: DataConfig) -> np.ndarray:
+    window = None if cfg.intensity_window is None else (cfg.intensity_window[0], cfg.intensity_window[1])
     return load_image(path, size, channels, window)[None]  # (1, C, S, S)
 
 
-# File extension (lower case) -> reader. Medical formats add entries here (".dcm", ".nii", ".nii.gz").
-READERS: dict[str, ImageReader] = {ext: ImageReader(_pil_size, _pil_read) for ext in IMAGE_EXTENSIONS}
+def _scan_size(path: Path, cfg: DataConfig) -> tuple[int, int]:
+    from vaelab.translate.scans import scan_slice_size
+
+    return scan_slice_size(path, cfg)
+
+
+def _scan_read(path: Path, size: int, channels: int, cfg: DataConfig) -> np.ndarray:
+    from vaelab.translate.scans import read_scan_images
+
+    return read_scan_images(path, size, channels, cfg)
+
+
+# File extension (lower case) -> reader: PIL's formats, and scans (NIfTI volumes and DICOM files,
+# every slice; pip install 'vaelab[medical]').
+READERS: dict[str, ImageReader] = {
+    **{ext: ImageReader(_pil_size, _pil_read) for ext in IMAGE_EXTENSIONS},
+    **{ext: ImageReader(_scan_size, _scan_read) for ext in (".nii", ".nii.gz", ".dcm", ".dicom")},
+}
 
 
 def reader_extension(path: Path) -> Optional[str]:
@@ -113,16 +130,16 @@ def match_pairs(input_dir: Path, target_dir: Path) -> list[tuple[str, Path, Path
     return [(key, inputs[key], targets[key]) for key in sorted(inputs)]
 
 
-def _native_size(path: Path) -> tuple[int, int]:
-    return READERS[reader_extension(path)].size(path)
+def _native_size(path: Path, cfg: DataConfig) -> tuple[int, int]:
+    return READERS[reader_extension(path)].size(path, cfg)
 
 
-def resolve_size(pairs: list[tuple[str, Path, Path]], requested: Optional[int]) -> int:
+def resolve_size(pairs: list[tuple[str, Path, Path]], requested: Optional[int], cfg: DataConfig) -> int:
     """Check every pair's two native sizes agree; the size to resize to (`--image-size`, or the
     images' common square size)."""
     sizes = set()
     for _, a, b in pairs:
-        size_a, size_b = _native_size(a), _native_size(b)
+        size_a, size_b = _native_size(a, cfg), _native_size(b, cfg)
         if size_a != size_b:
             raise DataError(f"{a} is {size_a[0]}×{size_a[1]} but its target {b} is {size_b[0]}×{size_b[1]}; "
                             f"the two images of a pair must have the same size")
@@ -136,24 +153,15 @@ def resolve_size(pairs: list[tuple[str, Path, Path]], requested: Optional[int]) 
                     f"give --image-size S to resize every image to S×S")
 
 
-def _read(path: Path, size: int, channels: int, window: Window) -> np.ndarray:
-    return READERS[reader_extension(path)].read(path, size, channels, window)
+def _read(path: Path, size: int, channels: int, cfg: DataConfig) -> np.ndarray:
+    return READERS[reader_extension(path)].read(path, size, channels, cfg)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded train / val / test indices into 0..n-1: `TEST_FRACTION` for test (seed + 1), then
-    `val_fraction` of the rest for validation (seed) — the rule of `--dataset folder`."""
-    if n < 3:
-        raise DataError(f"need at least 3 image pairs for train/validation/test splits, got {n}")
-
-    def holdout(count: int, fraction: float, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n_out = min(max(int(round(count * fraction)), 1), count - 1)
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(s))
-        return order[n_out:].sort().values, order[:n_out].sort().values
-
-    rest, test = holdout(n, TEST_FRACTION, seed + 1)
-    keep, val = holdout(len(rest), val_fraction, seed)
-    return {"train": rest[keep], "val": rest[val], "test": test}
+    """Seeded train / val / test indices into 0..n-1 pairs, by the rule of `--dataset folder`
+    (`TEST_FRACTION` for test, then `val_fraction` of the rest; `three_way_indices`)."""
+    index = three_way_indices(n, TEST_FRACTION, val_fraction, seed, what="image pairs")
+    return {name: torch.from_numpy(idx) for name, idx in index.items()}
 
 
 def pair_split_keys(cfg: DataConfig) -> dict[str, list[str]]:
@@ -169,12 +177,11 @@ def load_pairs(cfg: DataConfig) -> ImageData:
     if cfg.input_dir is None or cfg.target_dir is None:
         raise DataError("--dataset pairs needs --input-dir A (the inputs) and --target-dir B (the targets)")
     pairs = match_pairs(Path(cfg.input_dir).expanduser(), Path(cfg.target_dir).expanduser())
-    size = resolve_size(pairs, cfg.image_size)
+    size = resolve_size(pairs, cfg.image_size, cfg)
     channels = cfg.channels or 1
-    window = None if cfg.intensity_window is None else (cfg.intensity_window[0], cfg.intensity_window[1])
     inputs, targets, owner = [], [], []  # owner: the pair each image (slice) comes from
     for i, (_, a, b) in enumerate(pairs):
-        x, y = _read(a, size, channels, window), _read(b, size, channels, window)
+        x, y = _read(a, size, channels, cfg), _read(b, size, channels, cfg)
         if len(x) != len(y):
             raise DataError(f"{a} holds {len(x)} images but its target {b} holds {len(y)}")
         inputs.append(x)

@@ -5,11 +5,13 @@ with uvicorn on loopback. The explorer only *uses* a trained model (`vaelab.load
 `vaelab.data`) and never imports the training code.
 
     session.py   the model + the mapped split: validation, encode, decode, the 2-D map
+    anomaly_view.py  an upload's anomaly scores, percentiles and maps (POST /api/anomaly)
     batcher.py   micro-batching decode worker (one thread, inference mode)
     codec.py     uint8 image arrays <-> PNG bytes / data URLs
     schemas.py   the JSON request/response models (they document /openapi.json)
     server.py    the FastAPI app: routes, upload size limit, error handling, static files
-    static/      index.html, app.js, style.css: hand-written, no build step, nothing external
+    static/      index.html, app.js (+ anomaly.js, the anomaly panel), style.css: hand-written,
+                 no build step, nothing external
 """
 
 from __future__ import annotations

@@ -99,3 +99,33 @@ class Meta(BaseModel):
 class ErrorMessage(BaseModel):
     """Every 4xx answer: one human-readable line."""
     detail: str
+
+
+# ---- POST /api/anomaly (explorer/anomaly_view.py) ------------------------------------------------
+
+class AnomalyScore(BaseModel):
+    """One anomaly score of the upload (higher = more anomalous) and where it falls among normal images."""
+    name: str
+    value: Optional[float] = Field(description="the score (null if not finite)")
+    percentile: Optional[float] = Field(description="% of the scored normal training images with a score at most this")
+    definition: str
+
+
+class AnomalyReference(BaseModel):
+    """The normal images the upload is compared with."""
+    images: int = Field(description="normal images in the reference (code Gaussian, mean image, neighbours)")
+    scored: int = Field(description="of them, scored once for the percentiles")
+    source: str
+
+
+class AnomalyResponse(BaseModel):
+    """POST /api/anomaly: an uploaded image's anomaly scores, percentiles and anomaly maps."""
+    scores: list[AnomalyScore]
+    reference: AnomalyReference
+    iw_samples: int = Field(description="K of nll = -L_K")
+    input: DataUrl = Field(description="the upload as the model sees it")
+    reconstruction: DataUrl
+    residual_map: DataUrl = Field(description="|x - reconstruction| over the image")
+    residual_scale: float = Field(description="the residual's colour-scale maximum (normal images' 99.9th percentile)")
+    weighted_map: Optional[DataUrl] = Field(description="the residual / the decoder's per-pixel std, where it has one")
+    weighted_scale: Optional[float]

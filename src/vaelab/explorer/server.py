@@ -6,6 +6,7 @@
     POST /api/decode                {"z": [...], "label": k?} -> image/png
     POST /api/decode/batch          {"z": [[...], ...]} -> PNGs as data URLs (interpolation strips)
     POST /api/encode                multipart upload -> code, map position, reconstruction
+    POST /api/anomaly               multipart upload -> anomaly scores, percentiles, maps (anomaly_view.py)
     GET  /api/data/{index}          image `index` of the mapped split with its code
     GET  /api/data/{index}/image.png
 
@@ -36,9 +37,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from vaelab.errors import VaelabError
+from vaelab.explorer.anomaly_view import service_for
 from vaelab.explorer.batcher import DecodeBatcher
 from vaelab.explorer.codec import data_url, png_bytes
 from vaelab.explorer.schemas import (
+    AnomalyResponse,
     BatchDecodeRequest,
     BatchDecodeResponse,
     DataItem,
@@ -172,6 +175,17 @@ def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = Non
         return {"z": result.mean.tolist(), "log_var": result.log_var.tolist(), "coords": result.coords.tolist(),
                 "label": label, "input": data_url(png_bytes(result.image)),
                 "reconstruction": data_url(png_bytes(result.reconstruction))}
+
+    anomaly = service_for(session, model, run_dir, data_dir)  # its reference is built on first use
+
+    @app.post("/api/anomaly", response_model=AnomalyResponse, responses=ERRORS,
+              summary="Anomaly scores (with percentiles among normal training images) and maps of an upload")
+    async def anomaly_scores(
+        file: Annotated[UploadFile, File(description=f"the image, at most {max_upload_bytes} bytes")],
+        invert: Annotated[bool, Form(description="invert grey values (dark ink on light paper)")] = False,
+    ) -> dict[str, Any]:
+        data = await file.read(max_upload_bytes + 1)
+        return await run_in_threadpool(anomaly.analyse_upload, data, invert)
 
     @app.get("/api/data/{index}", response_model=DataItem, responses=ERRORS,
              summary="Image `index` of the mapped split, with its code")

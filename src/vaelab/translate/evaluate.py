@@ -249,7 +249,6 @@ def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, 
     data = data if data is not None else load_data(data_cfg)
     if tuple(data.image_shape[1:]) != tuple(model.image_shape[1:]) or data.image_shape[0] != model.image_shape[0]:
         raise ConfigError(f"the data's images are {data.image_shape}, the model expects {tuple(model.image_shape)}")
-    window = None if cfg.data.intensity_window is None else tuple(cfg.data.intensity_window)
     degradation = Degradation(cfg.data.degrade) if cfg.data.degrade is not None else None
     kinds = degradation.kinds if degradation is not None else None
     noise_std = cfg.data.degrade.noise if cfg.data.degrade is not None else 0.0
@@ -257,8 +256,8 @@ def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, 
     if inputs is not None:
         if not targets:
             raise ConfigError("--inputs DIR needs the targets of its images: --targets B1 [B2 ...]")
-        keys, x = folder_inputs(inputs, model.input_shape, window)
-        test = EvalPairs(x, folder_targets(keys, targets, model.image_shape, window), f"--inputs {inputs}")
+        keys, x = folder_inputs(inputs, model.input_shape, data_cfg)
+        test = EvalPairs(x, folder_targets(keys, targets, model.image_shape, data_cfg), f"--inputs {inputs}")
         split = "inputs"
     elif targets:
         if cfg.data.dataset != "pairs":
@@ -266,7 +265,7 @@ def evaluate_run(model, *, split: str = "test", data_dir: Optional[str] = None, 
                               "too (this run's inputs are not files)")
         keys = pair_split_keys(data_cfg)[split]
         own = data.split(split)
-        test = EvalPairs(own.inputs.float() / 255.0, folder_targets(keys, targets, model.image_shape, window),
+        test = EvalPairs(own.inputs.float() / 255.0, folder_targets(keys, targets, model.image_shape, data_cfg),
                          f"{split} inputs, targets from {len(targets)} folder(s)")
     else:
         description = degradation.describe() if degradation is not None else f"{cfg.data.dataset} pairs"

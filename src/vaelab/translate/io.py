@@ -2,9 +2,9 @@
 
 Inputs are read by the function that reads every vaelab image (`vaelab.data.pairs.READERS`, by
 file extension), converted to the run's channels and resized to its training size. Results are
-written per input by `WRITERS`, keyed by the input's extension, PNG for everything else
-(`write_png`): the medical formats plug in here (a NIfTI writer that puts the mean, the samples
-and the std map into the input's geometry registers `WRITERS[".nii.gz"]` and `[".nii"]`).
+written per input by `WRITERS`, keyed by the input's extension: a scan (NIfTI, DICOM) gets NIfTI
+volumes in its own geometry (translate/scans.py: mean.nii.gz, sample-01.nii.gz, ..., std.nii.gz,
+in modality units); every other input gets the files below.
 
 Written per input into OUT/<name>/ (files in [0, 1] pixel units, 8-bit unless said otherwise):
 input.png, mean.png, sample-01.png ... sample-K.png, std.png (the RMS over channels of the
@@ -23,15 +23,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vaelab.config import DataConfig
 from vaelab.data.pairs import READERS, reader_extension, scan_images
 from vaelab.errors import DataError
 from vaelab.translate.figures import as_uint8, std_map
+from vaelab.translate.scans import SCAN_EXTENSIONS
 
 STD_PNG_FULL_SCALE = 0.25  # std.png: 255 means a std of 0.25 (a quarter of the pixel range) or more
 
 
-def read_images(paths: Sequence[str | Path], shape: tuple[int, int, int], window=None) -> list[torch.Tensor]:
-    """Each file as float (n, C, H, W) in [0, 1] at `shape` (C, H, W) (n > 1 for multi-slice files)."""
+def read_images(paths: Sequence[str | Path], shape: tuple[int, int, int], data_cfg: DataConfig) -> list[torch.Tensor]:
+    """Each file as float (n, C, H, W) in [0, 1] at `shape` (C, H, W) (n > 1 for multi-slice files),
+    read as the run reads its images (`data_cfg`: intensity window, slice axis)."""
     channels, height, width = shape
     if height != width:
         raise DataError(f"this run's images are {height}×{width}; image files are read square, resized to S×S")
@@ -42,20 +45,21 @@ def read_images(paths: Sequence[str | Path], shape: tuple[int, int, int], window
         ext = reader_extension(path)
         if ext is None:
             raise DataError(f"{path} is not an image file vaelab reads ({', '.join(sorted(READERS))})")
-        pixels = READERS[ext].read(path, height, channels, window)  # uint8 (n, C, S, S)
+        pixels = READERS[ext].read(path, height, channels, data_cfg)  # uint8 (n, C, S, S)
         out.append(torch.tensor(np.asarray(pixels), dtype=torch.float32) / 255.0)  # a copy: arrays may be read-only
     return out
 
 
-def folder_inputs(folder: str | Path, shape: tuple[int, int, int], window=None) -> tuple[list[str], torch.Tensor]:
+def folder_inputs(folder: str | Path, shape: tuple[int, int, int], data_cfg: DataConfig) -> tuple[list[str],
+                                                                                                torch.Tensor]:
     """Every image under `folder` (as `--dataset pairs` finds them) -> (pair keys, float (N, C_in, H, W))."""
     found = scan_images(Path(folder), "--inputs")
     keys = sorted(found)
-    return keys, torch.cat(read_images([found[k] for k in keys], shape, window))
+    return keys, torch.cat(read_images([found[k] for k in keys], shape, data_cfg))
 
 
 def folder_targets(keys: Sequence[str], target_dirs: Sequence[str | Path], shape: tuple[int, int, int],
-                   window=None) -> torch.Tensor:
+                   data_cfg: DataConfig) -> torch.Tensor:
     """The target of each pair key in each folder of `target_dirs` (matched by relative path, the
     extension aside) -> float (R, N, C, H, W), R = len(target_dirs)."""
     stacks = []
@@ -65,7 +69,7 @@ def folder_targets(keys: Sequence[str], target_dirs: Sequence[str | Path], shape
         if missing:
             raise DataError(f"{folder} has no target for {missing[0]} ({len(missing)} of {len(keys)} inputs "
                             f"unmatched); targets are matched by relative path, the extension aside")
-        stacks.append(torch.cat(read_images([found[k] for k in keys], shape, window)))
+        stacks.append(torch.cat(read_images([found[k] for k in keys], shape, data_cfg)))
     return torch.stack(stacks)
 
 
@@ -100,16 +104,34 @@ def _save(image: Image.Image, target: Path) -> None:
     atomic_write_bytes(target, buffer.getvalue())
 
 
-# Input extension -> writer(out path without extension, float images (n, C, H, W)); default write_png.
+# Input extension -> factory(source, data_cfg) -> an object with write(stem, images) and
+# write_std(stem, std) (each -> the paths written): scans get NIfTI volumes in their own geometry;
+# every other input gets PNGs (write_png, write_std).
 Writer = Callable[[Path, torch.Tensor], list[Path]]
-WRITERS: dict[str, Writer] = {}
-STD_WRITERS: dict[str, Writer] = {}
 
 
-def writers_for(source: Path) -> tuple[Writer, Writer]:
+class PngWriter:
+    """Results of an ordinary image (or of each slice): PNG, and the std also as float TIFF."""
+
+    def __init__(self, source: Path, data_cfg: DataConfig) -> None:
+        self.write: Writer = write_png
+        self.write_std: Writer = write_std
+
+
+def _scan_writer(source: Path, data_cfg: DataConfig):
+    from vaelab.translate.scans import ScanWriter
+
+    return ScanWriter(source, data_cfg)
+
+
+WRITERS: dict[str, Callable[[Path, DataConfig], object]] = {ext: _scan_writer for ext in SCAN_EXTENSIONS}
+
+
+def writers_for(source: Path, data_cfg: DataConfig) -> tuple[Writer, Writer]:
     """(image writer, std-map writer) for results of the input file `source`."""
     ext = reader_extension(source) or ""
-    return WRITERS.get(ext, write_png), STD_WRITERS.get(ext, write_std)
+    writer = WRITERS.get(ext, PngWriter)(source, data_cfg)
+    return writer.write, writer.write_std
 
 
 def output_folders(sources: Sequence[Path], out: Path) -> list[Path]:
