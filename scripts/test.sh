@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # torch first, pinned to the CPU build this kind of machine has on disk (a bare `torch` pulls CUDA).
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[dev,explorer,export,tensorboard,mlflow,browser,docs,medical]"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[dev,explorer,export,tensorboard,mlflow,browser,classical,docs,medical]"
 
 # Debian's Chromium for the browser tests (Playwright drives it through executable_path).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then

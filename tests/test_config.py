@@ -41,7 +41,7 @@ def test_defaults_round_trip_through_json():
     ({"train": {"lr": 10**400}}, "config 'train.lr' must be a finite number"),
     ({"data": "mnist"}, "config 'data' must be an object"),
     # known choices
-    ({"model": {"arch": "vit"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', got 'vit'"),
+    ({"model": {"arch": "vit"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'unet', got 'vit'"),
     ({"model": {"likelihood": "laplace"}}, "config 'model.likelihood' must be one of"),
     ({"data": {"dataset": "cifar"}}, "config 'data.dataset' must be one of"),
     ({"train": {"objective": "vi"}}, "config 'train.objective' must be one of"),
@@ -117,8 +117,8 @@ def test_config_file_errors_reach_the_cli_as_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', 'resnet', got "
-                             "'transformer'")
+    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'unet', "
+                             "got 'transformer'")
     assert not out.exists()
 
 

@@ -191,7 +191,7 @@ def test_batches_cover_the_split_once_per_epoch():
 
 
 def test_registry_lists_every_dataset():
-    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes", "pairs"}
 
 
 def test_download_checks_md5_and_writes_atomically(tmp_path, has_real_mnist):

@@ -49,6 +49,22 @@ def served_run(fake_mnist, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--epochs", "1", "--batch-size",
                  "32", "--hidden", "32,16", "--latent-dim", "3", "--out", str(run), "--quiet"]) == 0
+    yield from _serve(run)
+
+
+@pytest.fixture
+def served_translate_run(fake_mnist, tmp_path):
+    """An image-to-image run (--task translate, denoising) served the same way."""
+    from vaelab.cli import main
+
+    run = tmp_path / "translate-run"
+    assert main(["train", "--task", "translate", "--arch", "unet", "--hidden", "4,8", "--latent-dim", "3",
+                 "--dataset", "mnist", "--data-dir", str(fake_mnist), "--degrade", "noise=0.2", "--epochs", "1",
+                 "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    yield from _serve(run)
+
+
+def _serve(run):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "explore", str(run), "--host", "127.0.0.1",
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -193,6 +209,71 @@ def test_explorer_page_in_chromium(browser, served_run, tmp_path):
 
     # -- nothing left this machine (the CSP would also block it, but the page must not even try)
     assert requests, "the page made no requests at all?"
+    outside = [u for u in requests if not (u.startswith(origin + "/") or u.startswith(("data:", "blob:")))]
+    assert not outside, f"requests to other hosts: {outside}"
+    assert not errors, errors
+    page.close()
+
+
+def test_translate_page_in_chromium(browser, served_translate_run, tmp_path):
+    """A translate run's page: its own section (no latent map), a test input's mean, samples and std
+    map, an uploaded image translated, and the z sliders re-decoding the prediction."""
+    from PIL import Image
+
+    import vaelab
+
+    url, run = served_translate_run
+    origin = url.rstrip("/")
+    requests, errors = [], []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    assert page.is_visible("#translate-main") and not page.is_visible("#map")  # the VAE panels are hidden
+    assert "image to image" in page.inner_text("#run-info")
+    # Test input #0 is translated on load: input, mean, std map and target, K samples in the strip.
+    for selector in ("#translate-input", "#translate-mean", "#translate-std", "#translate-target"):
+        assert page.get_attribute(selector, "src").startswith("data:image/png;base64,"), selector
+    assert page.locator("#translate-strip img").count() == 8
+    assert page.locator("#translate-sliders input[type=range]").count() == 3  # one per latent dimension
+    page.wait_for_function("() => Number(document.querySelector('#translate-decoded').dataset.draws) >= 1")
+
+    # -- a slider: eps moves, the prediction at z = mu + sigma * eps is decoded again
+    draws = int(page.get_attribute("#translate-decoded", "data-draws"))
+    slider = page.locator("#translate-sliders input[type=range]").first
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.95, box["y"] + box["height"] / 2)
+    page.wait_for_function(f"() => Number(document.querySelector('#translate-decoded').dataset.draws) > {draws}")
+    assert page.evaluate("window.vaelabTranslate.state.eps[0]") > 2.0
+
+    # -- upload: the translation of the uploaded image replaces the example (no target then)
+    model = vaelab.load(run)
+    bar = np.zeros((28, 28), np.uint8)
+    bar[8:12, 4:24] = 255
+    upload = tmp_path / "bar.png"
+    Image.fromarray(bar).save(upload)
+    page.fill("#translate-samples", "4")
+    token = page.evaluate("window.vaelabTranslate.state.token")
+    page.set_input_files("#translate-upload", str(upload))
+    page.wait_for_function(f"() => window.vaelabTranslate.state.token !== '{token}'")
+    assert page.locator("#translate-strip img").count() == 4
+    assert not page.is_visible("#translate-target")
+    with torch.no_grad():
+        prior = model.prior_given(torch.from_numpy(bar)[None, None].float() / 255)
+    np.testing.assert_allclose(page.evaluate("window.vaelabTranslate.state.prior.mean"), prior.mean[0].tolist(),
+                               rtol=1e-4, atol=1e-5)
+
+    # -- errors are shown on the page, which keeps working
+    page.fill("#translate-index", "99999")
+    page.click("#translate-load")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('out of range')")
+    page.set_input_files("#translate-upload", files=[{"name": "notes.png", "mimeType": "image/png",
+                                                      "buffer": b"not an image at all"}])
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('not a readable image')")
+
     outside = [u for u in requests if not (u.startswith(origin + "/") or u.startswith(("data:", "blob:")))]
     assert not outside, f"requests to other hosts: {outside}"
     assert not errors, errors

@@ -84,6 +84,40 @@ def test_parameters_without_gradient_are_left_alone():
     assert not torch.equal(a[0].weight.grad, torch.zeros_like(a[0].weight))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_state_saved_contiguous_resumes_channels_last_parameters(fused):
+    """Checkpoints store tensors contiguous; a channels-last convolution weight must get its moments
+    back in its own layout, or the fused kernel pairs each weight with another one's moments."""
+    def conv():
+        torch.manual_seed(3)
+        return nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+
+    def step(model, opt, seed):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+        for p in model.parameters():
+            p.grad = None
+        model(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+        opt.step()
+
+    straight, resumed = conv(), conv()
+    opt_a, opt_b = Adam(straight.parameters(), **HYPER), Adam(resumed.parameters(), **HYPER)
+    opt_a.fused = opt_b.fused = fused
+    for seed in range(3):
+        step(straight, opt_a, seed)
+        step(resumed, opt_b, seed)
+    saved = copy.deepcopy(opt_b.state_dict())
+    for slots in saved["state"].values():  # as the safetensors checkpoint stores them
+        for k in ("exp_avg", "exp_avg_sq"):
+            slots[k] = slots[k].contiguous()
+    opt_b = Adam(resumed.parameters(), **HYPER)
+    opt_b.fused = fused
+    opt_b.load_state_dict(saved)
+    for seed in range(3, 6):
+        step(straight, opt_a, seed)
+        step(resumed, opt_b, seed)
+    _same(straight, opt_a, resumed, opt_b)
+
+
 @pytest.mark.parametrize("damage", ["count", "shape", "amsgrad", "slots"])
 def test_load_refuses_state_that_does_not_fit(damage):
     a, _ = _models()

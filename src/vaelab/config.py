@@ -39,9 +39,12 @@ SHAPES_MIN_IMAGES = 10  # enough for a test, a validation and a training image
 # --objective beta-tc: the weight of the total correlation (Chen et al. 2018 use 6 on dSprites).
 DEFAULT_TC_WEIGHT = 6.0
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes", "pairs"]
 Binarize = Literal["none", "dynamic", "static"]
-ArchName = Literal["mlp", "conv", "resnet"]  # models/__init__.py ARCHITECTURES
+ArchName = Literal["mlp", "conv", "resnet", "unet"]  # models/__init__.py ARCHITECTURES; unet: --task translate
+# What a run learns: generate = a VAE of the images; translate = an image-to-image model, the
+# Probabilistic U-Net (models/punet.py) of the target given an input image.
+Task = Literal["generate", "translate"]
 LikelihoodName = Literal["gaussian", "bernoulli", "logistic", "logistic-mixture"]  # likelihoods.py LIKELIHOODS
 # How the gaussian likelihood's std is set (likelihoods.py GAUSSIAN_VARIANCES): fixed = gaussian_std;
 # learned = a parameter trained with the network; optimal = the sigma-VAE's closed form (Rybkin et al. 2021).
@@ -87,6 +90,43 @@ def _raise_problems(problems: list[str]) -> None:
 
 
 @dataclass
+class DegradeConfig:
+    """A synthetic degradation (`--degrade noise=0.1,blur=1.5,downsample=2,jpeg=30`): the clean
+    images become the targets and their degraded copies the inputs of an image-to-image run.
+
+    Applied in this order (vaelab/data/degrade.py), afresh each time an image is used: Gaussian
+    blur of σ = `blur` pixels; downsampling by `downsample` (antialiased bicubic) and bicubic
+    upsampling back to the original size; additive Gaussian noise of std `noise` on [0, 1] pixel
+    values; clipping to [0, 1]; JPEG at quality `jpeg`. A zero (or downsample 1) leaves a step out.
+    """
+
+    noise: float = 0.0  # std of additive Gaussian noise on [0, 1] pixels
+    blur: float = 0.0  # σ of a Gaussian blur, in pixels
+    downsample: float = 1.0  # factor of the downsampling before bicubic upsampling (1 = none)
+    jpeg: int = 0  # JPEG quality 1..100 (0 = no JPEG step)
+
+    def problems(self) -> list[str]:
+        """One message per bad field (empty: valid)."""
+        problems: list[str] = []
+        if not 0.0 <= self.noise <= 1.0:
+            problems.append(f"degrade noise must be in [0, 1], got {self.noise}")
+        if not 0.0 <= self.blur <= 50.0:
+            problems.append(f"degrade blur must be in [0, 50] pixels, got {self.blur}")
+        if not 1.0 <= self.downsample <= 64.0:
+            problems.append(f"degrade downsample must be in [1, 64], got {self.downsample}")
+        if not 0 <= self.jpeg <= 100:
+            problems.append(f"degrade jpeg must be a quality in 1..100 (0 = off), got {self.jpeg}")
+        if not problems and self.is_identity:
+            problems.append("degrade changes nothing: give at least one of noise, blur, downsample > 1, jpeg")
+        return problems
+
+    @property
+    def is_identity(self) -> bool:
+        """True when no step is on (the input would equal the target)."""
+        return self.noise == 0 and self.blur == 0 and self.downsample == 1 and self.jpeg == 0
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are presented to the model."""
 
@@ -111,6 +151,11 @@ class DataConfig:
     class_folders: bool = True  # dicom / nifti: the top-level sub-folders of data_dir are class labels
     # shapes: a seeded random subset of this many of the 737,280 images (0 = all of them)
     shapes_subsample: int = 0
+    # pairs (--task translate): input and target images matched by their path relative to each folder
+    input_dir: Optional[str] = None
+    target_dir: Optional[str] = None
+    # --task translate on an ordinary dataset: its images are the targets, degraded copies the inputs
+    degrade: Optional[DegradeConfig] = None
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -139,6 +184,14 @@ class DataConfig:
                             f"{SHAPES_MIN_IMAGES}..{SHAPES_IMAGES}, got {self.shapes_subsample}")
         elif self.shapes_subsample and self.dataset != "shapes":
             problems.append(f"shapes_subsample is for --dataset shapes, not {self.dataset}")
+        if self.dataset == "pairs" and (self.input_dir is None or self.target_dir is None):
+            problems.append("--dataset pairs needs --input-dir A and --target-dir B")
+        if self.dataset != "pairs" and (self.input_dir is not None or self.target_dir is not None):
+            problems.append("--input-dir and --target-dir are for --dataset pairs")
+        if self.degrade is not None:
+            problems += self.degrade.problems()
+            if self.dataset == "pairs":
+                problems.append("--degrade makes inputs from clean images; --dataset pairs already has its inputs")
         return problems
 
 
@@ -176,9 +229,16 @@ class ModelConfig:
     latent_layers: int = 1
     layer_dims: list[int] = field(default_factory=list)
     ladder_hidden: list[int] = field(default_factory=lambda: list(DEFAULT_LADDER_HIDDEN))
+    # generate: a VAE of the images; translate: p(target | input image), the Probabilistic U-Net
+    # (--arch unet), whose prior p(z | input) is a network (models/punet.py).
+    task: Task = "generate"
+    # unet: decoder stages, counted from the output, that receive z (1 = only the final 1×1
+    # convolutions, as in Kohl et al. 2018; n > 1 also the last n - 1 up-sampling stages)
+    inject_stages: int = 1
     # Filled in from the data when training starts; saved so the model can be rebuilt alone.
     image_shape: Optional[list[int]] = None  # [C, H, W], or [C, D, H, W] for volumes
     num_classes: int = 0  # the labelled dataset's number of classes (0: unlabelled)
+    input_channels: int = 0  # translate: channels of the input image (the target's are image_shape[0])
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -211,6 +271,23 @@ class ModelConfig:
         if not 0 <= self.num_classes <= 100_000:
             problems.append(f"num_classes must be in 0..100000, got {self.num_classes}")
         problems += self._research_problems()
+        if self.input_channels not in (0, 1, 3):
+            problems.append(f"input_channels must be 1 or 3 (0 = unset), got {self.input_channels}")
+        if not 1 <= self.inject_stages <= 17:
+            problems.append(f"inject_stages must be between 1 and 17, got {self.inject_stages}")
+        elif self.arch == "unet" and self.hidden and self.inject_stages > len(self.hidden):
+            problems.append(f"inject_stages {self.inject_stages} is more than the U-Net's {len(self.hidden)} "
+                            f"levels (--hidden)")
+        translate = self.task == "translate"
+        if translate != (self.arch == "unet"):
+            problems.append("--task translate trains --arch unet (and --arch unet is for --task translate)")
+        if translate and self.conditional:
+            problems.append("--task translate conditions on the input image; leave out --conditional")
+        if translate and (self.prior != "normal" or self.posterior != "diagonal" or self.latent_layers != 1):
+            problems.append("--task translate has its own prior network p(z | input) and a diagonal posterior; "
+                            "leave --prior, --posterior and --latent-layers at their defaults")
+        if translate and self.image_shape is not None and len(self.image_shape) != 3:
+            problems.append("--task translate works on 2-D images (C, H, W)")
         return problems
 
     def _research_problems(self) -> list[str]:
@@ -414,6 +491,12 @@ class RunConfig:
                             "--posterior diagonal")
         if self.weights == "ema" and not self.train.ema_decay:
             problems.append("weights 'ema' needs train.ema_decay > 0")
+        translate_data = self.data.dataset == "pairs" or self.data.degrade is not None
+        if translate_data and self.model.task != "translate":
+            problems.append("--dataset pairs and --degrade give image pairs: train them with --task translate "
+                            "--arch unet")
+        if self.model.task == "translate" and self.data.binarize != "none":
+            problems.append("--task translate works on grey values; leave --binarize at none")
         if self.train.step == "fused" and not fused_step_fits(self):
             problems.append(f"--step fused needs --arch mlp, --objective elbo, --activation one of "
                             f"{', '.join(FUSED_ACTIVATIONS)}, --likelihood bernoulli or gaussian with "
@@ -580,7 +663,9 @@ def likelihood_param_channels(model: ModelConfig) -> int:
 def approx_parameters(model: ModelConfig) -> float:
     """An upper-bound estimate of the model's parameter count, from the config alone (no allocation).
 
-    mlp: its dense layers, counted exactly (+1 per layer). Other architectures: convolutions as
+    mlp: its dense layers, counted exactly (+1 per layer). unet: its 3x3 convolutions counted as
+    4x4, two per level in each of its three contracting paths and its expanding path. Other
+    architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both ways
     (resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
     way), plus dense layers between the last feature map (each stage halving every spatial
@@ -605,6 +690,13 @@ def approx_parameters(model: ModelConfig) -> float:
         decoder = [decoder_in + extra, *reversed(hidden), out * pixels]
         return components + sum((a + 1) * (b + 1) for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
     kernel = 4.0 ** len(spatial)
+    if model.arch == "unet":  # three contracting paths (U-Net, prior, posterior), one expanding, the 1x1 head
+        c_in = float(model.input_channels or c)
+        ins = [c_in + c, *hidden[:-1]]  # the posterior sees input and target
+        contracting = 3.0 * sum(kernel * ((a + 1) * b + (b + 1) * b) for a, b in zip(ins, hidden))
+        expanding = sum(kernel * ((b_next + b + latent + 1) * b + (b + 1) * b) for b, b_next in zip(hidden, hidden[1:]))
+        head = (hidden[0] + latent + 1) * hidden[0] + (hidden[0] + 1) * (hidden[0] + out)
+        return contracting + expanding + head + 2.0 * (hidden[-1] + 1) * 2 * latent
     channels = [max(c, out), *hidden]
     if model.arch == "resnet":  # per side: 2·blocks convs per stage, the convs between stages, stem/head, 1x1
         blocks = sum(2 * model.blocks * kernel * (h + 1) * h for h in hidden)

@@ -300,9 +300,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", parts: tuple[str, ...] = 
 
     The format's packages are checked before anything is loaded or written.
     """
+    from vaelab.models import require_family
     from vaelab.runs import load
 
     require_format(fmt)
     model = load(run_dir)
+    require_family(model, "vae", "vaelab export")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / EXPORT_DIR
     return out, export_model(model, out, fmt, parts)

@@ -70,6 +70,10 @@ class Likelihood(nn.Module):
     # a density on [0, 1]. `vaelab eval` uses it to say what bits/dim means for the run.
     levels: int = 0
     param_channels: int = 1  # raw decoder channels per image channel
+    # Whether `pixel_std` is fitted to the data (a learned σ, the σ-VAE's, a decoder-predicted
+    # scale) rather than set by hand: only then is it part of a model's predictive uncertainty
+    # (the Probabilistic U-Net's `translate` std adds it to the spread of its samples).
+    fitted_std: bool = False
 
     def __init__(self, event_dims: int = 3) -> None:
         super().__init__()

@@ -219,6 +219,8 @@ def figure_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
     sorted by class (a folder of class sub-folders) is not shown as its first class only."""
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
     return order[: min(n, n_total)]
+
+
 def prior_hist_arguments(model: VAE, seed: int = 0) -> dict:
     """`latent_hist_figure`'s prior arguments for `model`: none for N(0, I) (its density is drawn),
     seeded prior draws otherwise; and the dimensions' names (z2[3], ...) for a hierarchical model."""
@@ -234,15 +236,29 @@ def prior_hist_arguments(model: VAE, seed: int = 0) -> dict:
     return arguments
 
 
+def _translate_figures(model, data: ImageData, run_dir: str | Path, seed: int) -> list[Path]:
+    from vaelab.translate.figures import write_translate_run_figures
+
+    return write_translate_run_figures(model, data, run_dir, seed=seed)
+
+
+# Model family -> its figures (the VAE's are `write_run_figures` below).
+FAMILY_FIGURES = {"translate": _translate_figures}
+
+
 @torch.inference_mode()
 def write_run_figures(model: VAE, data: ImageData, run_dir: str | Path, n_recon: int = 10, n_samples: int = 64,
                       seed: int = 0) -> list[Path]:
-    """Write every standard figure of a run into RUN/figures/.
+    """Write every standard figure of a run into RUN/figures/ (another model family's own set).
 
     reconstructions.png shows `n_recon` test images picked by `figure_indices(..., seed)` above
     their reconstructions; grey images are drawn grey, colour images in colour."""
     from vaelab.data.batches import to_float
     from vaelab.latent import encode_split, fit_projection
+    from vaelab.models import family_of
+
+    if family_of(model) in FAMILY_FIGURES:
+        return FAMILY_FIGURES[family_of(model)](model, data, run_dir, seed)
 
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -75,11 +75,13 @@ def write_report(run_dir: str | Path, out: Optional[str | Path] = None, *, data_
 
 def render_report(run_dir: str | Path, *, data_dir: Optional[str] = None, device: str = "cpu", seed: int = 0) -> str:
     """The report of `run_dir` as one HTML document (a string)."""
+    from vaelab.models import require_family
     from vaelab.runs import load
     from vaelab.training import pick_device
 
     run_dir = Path(run_dir)
     model = load(run_dir, pick_device(device))
+    require_family(model, "vae", "vaelab report")
     cfg = model.run_config
     notes: list[str] = []
     data = _load_data(cfg, data_dir, notes)

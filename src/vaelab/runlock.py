@@ -2,7 +2,7 @@
 
 Every command that writes into a run folder holds this lock while it works: `vaelab train`
 (a new run, `--force`, `--resume`), `eval` (RUN/eval.json), `import-weights`, and `export` /
-`report` when their output lies inside the run. A second writer is refused at once (the lock
+`report` / `translate` when their output lies inside the run. A second writer is refused at once (the lock
 is taken without waiting) with one line and exit code 4, before it changes anything:
 
     vaelab: error: RUN is in use by another vaelab process (pid 4242, vaelab train, started 2026-12-01 10:02:13)

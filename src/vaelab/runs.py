@@ -5,8 +5,9 @@
     RUN/checkpoint.safetensors last training checkpoint (for --resume)
     RUN/metrics.jsonl          one JSON line per epoch
     RUN/figures/*.png          latent.png, latent_hist.png, reconstructions.png, samples.png,
-                               manifold.png (2-D latents), loss.png
+                               manifold.png (2-D latents), loss.png; translate runs: translations.png, loss.png
     RUN/sampler.{safetensors,json}  a Gaussian mixture over the training codes (vaelab fit-sampler)
+    RUN/translations/          `vaelab translate`'s outputs (its default --out)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ FIGURES_DIR = "figures"
 # Everything vaelab writes into a run folder; --force removes exactly these, nothing else.
 RUN_ARTIFACTS = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, FIGURES_DIR, "eval.json", "report.html",
                  "tensorboard", "export", "mlflow.json", "anomaly", "sampler.safetensors", "sampler.json",
-                 "disentanglement.json")
+                 "disentanglement.json", "translations")
 # LOCK_FILE (the one-writer lock, vaelab.runlock) is never removed and does not count as content.
 
 

@@ -111,6 +111,16 @@ def _on(labels: Optional[torch.Tensor], device: torch.device) -> Optional[torch.
     return None if labels is None else labels.to(device)
 
 
+def _translate_board(cfg: RunConfig, run_dir: str | Path, data: ImageData):
+    from vaelab.translate.tracking import TranslateBoardHook
+
+    return TranslateBoardHook(cfg, run_dir, data)
+
+
+# Model family -> its TensorBoard logger (TensorBoardHook for the VAE).
+BOARDS: dict[str, Callable[[RunConfig, str | Path, ImageData], Any]] = {"translate": _translate_board}
+
+
 class Tracking:
     """The per-epoch loggers of a run (TensorBoard, MLflow) and the caller's hook, called as one.
 
@@ -126,7 +136,9 @@ class Tracking:
     def start(self, cfg: RunConfig, run_dir: str | Path, data: ImageData, *, resumed: bool) -> None:
         """Open the loggers the config asks for (`train.tensorboard`, `train.mlflow`)."""
         if cfg.train.tensorboard:
-            self.loggers.append(TensorBoardHook(cfg, run_dir, data))
+            from vaelab.models import model_family
+
+            self.loggers.append(BOARDS.get(model_family(cfg.model), TensorBoardHook)(cfg, run_dir, data))
         if cfg.train.mlflow:
             from vaelab.mlflow_tracking import MLflowLogger
 

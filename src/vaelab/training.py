@@ -96,6 +96,12 @@ ProgressHook = Callable[[dict[str, Any], torch.nn.Module], None]
 GPU_CHECK_EVERY = 100
 # Validation batch: large on a GPU (one big matmul beats ten), moderate on a CPU.
 EVAL_BATCH = {"cuda": 10000, "cpu": 1000}
+# --task -> what is wrong when the data are (generate) or are not (translate) image pairs.
+PAIRING_MISMATCH = {
+    "generate": "{name} holds image pairs (inputs and targets): train them with --task translate --arch unet",
+    "translate": "--task translate needs image pairs: --dataset pairs --input-dir A --target-dir B, an npz with "
+                 "train_inputs/train_targets, or any dataset with --degrade (e.g. noise=0.1); {name} has none",
+}
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,6 +114,7 @@ def finalize_config(cfg: RunConfig, data: ImageData) -> RunConfig:
     decay, the MLflow URI, which weights model.safetensors holds) and check it against the flags."""
     cfg.model.image_shape = list(data.image_shape)
     cfg.model.num_classes = data.num_classes
+    cfg.model.input_channels = data.input_channels  # image pairs: the input image's channels
     cfg.model.hidden = resolve_hidden(cfg.model)
     cfg.train.weight_decay = weight_decay_of(cfg.train)
     if cfg.train.mlflow:
@@ -116,6 +123,8 @@ def finalize_config(cfg: RunConfig, data: ImageData) -> RunConfig:
     cfg.vaelab_version = __version__
     if cfg.model.conditional and data.num_classes < 2:
         raise ConfigError(f"--conditional needs a labelled dataset; {data.name} has no labels")
+    if (cfg.model.task == "translate") != data.paired:
+        raise ConfigError(PAIRING_MISMATCH[cfg.model.task].format(name=data.name))
     if cfg.train.batch_size > len(data.train):
         raise ConfigError(
             f"--batch-size {cfg.train.batch_size} is larger than the training split ({len(data.train)} images)"

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "vaelab.cli.export_cmd",
     "vaelab.cli.import_cmd",
     "vaelab.cli.sampler_cmd",
+    "vaelab.cli.translate_cmd",
 )
 
 

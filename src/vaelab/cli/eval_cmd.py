@@ -1,7 +1,9 @@
 """`vaelab eval RUN`: likelihood bound, ELBO, bits/dim, PSNR/SSIM, active units, FID and reconstruction accuracy.
 
 Prints a short table (or JSON with --json) and writes RUN/eval.json. The protocol is in
-`vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID).
+`vaelab.evaluate` (likelihoods) and `vaelab.fid` (FID). An image-to-image run (--task translate)
+is evaluated by `vaelab.translate.evaluate` instead (PSNR/SSIM against baselines, calibration,
+GED): `EVALUATIONS` maps each model family to its evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from vaelab.errors import ConfigError, RunError
 
 EVAL_FILE = "eval.json"
 WEIGHTS_FILE = "model.safetensors"  # vaelab.checkpoint.WEIGHTS_FILE (not imported: it imports torch)
+# translate runs (vaelab/translate/evaluate.py; here so `vaelab eval --help` needs no torch)
+TRANSLATE_SAMPLES, TRANSLATE_IW_SAMPLES = 8, 100
+TRANSLATE_FLAGS = ("samples", "targets", "inputs", "max_images")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate RUN over a whole split and write RUN/eval.json.")
     p.add_argument("run", metavar="RUN", help="a run folder written by vaelab train")
     p.add_argument("--split", default="test", help="test (default) or val")
-    p.add_argument("--iw-samples", default=str(DEFAULT_IW_SAMPLES), metavar="K",
-                   help=f"importance samples K of the bound L_K (default {DEFAULT_IW_SAMPLES}, the standard)")
+    p.add_argument("--iw-samples", metavar="K",
+                   help=f"importance samples K of the bound L_K (default {DEFAULT_IW_SAMPLES}, the standard; "
+                        f"{TRANSLATE_IW_SAMPLES} for translate runs)")
     p.add_argument("--batch-size", default="100", metavar="B", help="images per batch (default 100)")
     p.add_argument("--no-fid", action="store_true", help="skip the classifier: no FID or reconstruction accuracy")
     p.add_argument("--data-dir", help="where the dataset is now, if it moved since training")
@@ -39,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "natively (within 0.05 nats of fp32, tested), else fp32; the result records which ran")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("image-to-image runs (--task translate): PSNR/SSIM against baselines, calibration, GED")
+    g.add_argument("--samples", metavar="K", help=f"samples per input (default {TRANSLATE_SAMPLES})")
+    g.add_argument("--targets", nargs="+", metavar="DIR",
+                   help="folders of targets (one per annotator), matched to the inputs by relative path: the "
+                        "generalised energy distance against several targets per input")
+    g.add_argument("--inputs", metavar="DIR", help="evaluate the images of DIR (with --targets) instead of a split")
+    g.add_argument("--max-images", metavar="N", help="only the first N inputs")
     p.set_defaults(func=run_eval)
 
 
@@ -54,7 +67,10 @@ def _positive_int(text: str, flag: str, upper: int) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Carry out `vaelab eval` with the parsed `args`; return the exit code."""
-    iw_samples = _positive_int(args.iw_samples, "--iw-samples", MAX_IW_SAMPLES)
+    for flag, text, upper in (("--iw-samples", args.iw_samples, MAX_IW_SAMPLES), ("--samples", args.samples, 1000),
+                              ("--max-images", args.max_images, 10**9)):
+        if text is not None:
+            _positive_int(text, flag, upper)  # checked before anything is loaded; used per model family
     batch_size = _positive_int(args.batch_size, "--batch-size", 100_000)
     if args.split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val, got '{args.split}'")
@@ -65,14 +81,44 @@ def run_eval(args: argparse.Namespace) -> int:
         raise RunError(f"run folder not found: {run_dir}")
 
     import vaelab
-    from vaelab.data import load_data
-    from vaelab.data.base import apply_static_binarization
+    from vaelab.models import family_of
     from vaelab.runlock import file_stamp, run_lock
     from vaelab.training import pick_device
 
     device = pick_device(args.device)
     weights_before = file_stamp(run_dir / WEIGHTS_FILE)
     model = vaelab.load(run_dir, device=device)
+    # The model family's evaluation checks every input and loads the data; it returns the step to run.
+    evaluate = EVALUATIONS[family_of(model)](model, run_dir, args, batch_size)
+    # Every input has been checked: take the run's one-writer lock for the evaluation and eval.json.
+    with run_lock(run_dir, "vaelab eval"):
+        if file_stamp(run_dir / WEIGHTS_FILE) != weights_before:  # a run finished between load and lock
+            model = vaelab.load(run_dir, device=device)
+        started = time.perf_counter()
+        result, formatter = evaluate(model)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        result["run"] = str(run_dir)
+        print(json.dumps(result, indent=2) if args.json else formatter(result))
+        try:
+            from vaelab.checkpoint import atomic_write_text
+
+            atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise RunError(f"cannot write {run_dir / EVAL_FILE}: {exc.strerror or exc}") from None
+    if not args.json and not args.quiet:
+        print(f"wrote {run_dir / EVAL_FILE}")
+    return 0
+
+
+def _prepare_vae(model, run_dir: Path, args: argparse.Namespace, batch_size: int):
+    """A VAE run: the likelihood bound, ELBO, active units, FID and reconstruction accuracy."""
+    given = [f"--{name.replace('_', '-')}" for name in TRANSLATE_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{given[0]} is for image-to-image (--task translate) runs")
+    iw_samples = _positive_int(args.iw_samples or str(DEFAULT_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
+    from vaelab.data import load_data
+    from vaelab.data.base import apply_static_binarization
+
     cfg = model.run_config
     data_cfg = replace(cfg.data, binarize="none")
     if args.data_dir:
@@ -81,38 +127,51 @@ def run_eval(args: argparse.Namespace) -> int:
     data = apply_static_binarization(grey, seed=cfg.data.split_seed) if cfg.data.binarize == "static" else grey
     if tuple(grey.image_shape) != tuple(model.image_shape):
         raise RunError(f"the data's images are {grey.image_shape}, the model expects {tuple(model.image_shape)}")
-    # Every input has been checked: take the run's one-writer lock for the evaluation and eval.json.
-    with run_lock(run_dir, "vaelab eval"):
-        if file_stamp(run_dir / WEIGHTS_FILE) != weights_before:  # a run finished between load and lock
-            model = vaelab.load(run_dir, device=device)
-        return _evaluate(args, run_dir, model, data, grey, cfg, iw_samples, batch_size)
-
-
-def _evaluate(args: argparse.Namespace, run_dir: Path, model, data, grey, cfg, iw_samples: int, batch_size: int) -> int:
-    """Evaluate, print and write RUN/eval.json (holding the run's lock)."""
-    from vaelab.evaluate import evaluate_model
-    from vaelab.samplers import load_sampler
-
     progress = not args.quiet and not args.json
-    if progress:
-        print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
-              f"with K = {iw_samples} importance samples ...", flush=True)
-    started = time.perf_counter()
-    result = evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
-                            fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset, progress=progress,
-                            precision=args.precision, sampler=load_sampler(run_dir, model.latent_dim))
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["run"] = str(run_dir)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    try:
-        from vaelab.checkpoint import atomic_write_text
 
-        atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
-    except OSError as exc:
-        raise RunError(f"cannot write {run_dir / EVAL_FILE}: {exc.strerror or exc}") from None
-    if not args.json and not args.quiet:
-        print(f"wrote {run_dir / EVAL_FILE}")
-    return 0
+    def evaluate(model):
+        from vaelab.evaluate import evaluate_model
+        from vaelab.samplers import load_sampler
+
+        if progress:
+            print(f"evaluating {run_dir} on {len(data.split(args.split))} {args.split} images "
+                  f"with K = {iw_samples} importance samples ...", flush=True)
+        return evaluate_model(model, data, args.split, iw_samples=iw_samples, batch_size=batch_size,
+                              fid=not args.no_fid, grey_data=grey, dataset_name=cfg.data.dataset,
+                              progress=progress, precision=args.precision,
+                              sampler=load_sampler(run_dir, model.latent_dim)), format_result
+
+    return evaluate
+
+
+def _prepare_translate(model, run_dir: Path, args: argparse.Namespace, batch_size: int):
+    """An image-to-image run: PSNR/SSIM of the mean, the best sample and the baselines; calibration; GED."""
+    from vaelab.data import load_data
+
+    samples = _positive_int(args.samples or str(TRANSLATE_SAMPLES), "--samples", 1000)
+    iw_samples = _positive_int(args.iw_samples or str(TRANSLATE_IW_SAMPLES), "--iw-samples", MAX_IW_SAMPLES)
+    max_images = None if args.max_images is None else _positive_int(args.max_images, "--max-images", 10**9)
+    if args.inputs is not None and not args.targets:
+        raise ConfigError("--inputs DIR needs the targets of its images: --targets B1 [B2 ...]")
+    data_cfg = replace(model.run_config.data, data_dir=args.data_dir) if args.data_dir else model.run_config.data
+    data = load_data(data_cfg)
+    progress = not args.quiet and not args.json
+
+    def evaluate(model):
+        from vaelab.translate.evaluate import evaluate_run, format_translation
+
+        if progress:
+            print(f"evaluating {run_dir} ({args.inputs or args.split}) with K = {samples} samples per input ...",
+                  flush=True)
+        return evaluate_run(model, split=args.split, data_dir=args.data_dir, num_samples=samples,
+                            iw_samples=iw_samples, batch_size=batch_size, targets=args.targets, inputs=args.inputs,
+                            max_images=max_images, progress=progress, data=data), format_translation
+
+    return evaluate
+
+
+# Model family -> its evaluation: (model, run, args, batch size) -> evaluate(model) -> (result, formatter).
+EVALUATIONS = {"vae": _prepare_vae, "hierarchical": _prepare_vae, "translate": _prepare_translate}
 
 
 def _bits_text(r: dict[str, Any]) -> str:

@@ -41,12 +41,14 @@ class RunContext:
     """A loaded run plus its dataset (loaded on first use): what the commands resolve inputs against."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        from vaelab.models import require_family
         from vaelab.runs import load
         from vaelab.training import pick_device
 
         self.args = args
         self.run_dir = Path(args.run)
         self.model = load(self.run_dir, pick_device(args.device))
+        require_family(self.model, "vae", f"vaelab {args.command}")
         self.cfg = self.model.run_config
         if getattr(args, "label", None) is not None and not self.model.conditional and args.command != "sample":
             raise ConfigError(f"--label is for conditional runs; {self.run_dir} was not trained with --conditional")

@@ -25,9 +25,9 @@ from vaelab.presets import DATASET_DEFAULTS, PRESETS
 
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
-# (the data decides image_shape and num_classes again when the repeated run starts, ema_decay
-# decides weights).
-RUN_FACTS = ("version", "vaelab_version", "weights", "model.image_shape", "model.num_classes")
+# (the data decides image_shape, num_classes and input_channels again when the repeated run starts,
+# ema_decay decides weights).
+RUN_FACTS = ("version", "vaelab_version", "weights", "model.image_shape", "model.num_classes", "model.input_channels")
 
 
 def int_list(text: str) -> list[int]:
@@ -77,10 +77,30 @@ class Flag:
     const: Optional[str] = None  # the value when the flag is given without one (its value is optional)
 
 
+def degrade_spec(text: str) -> dict[str, float]:
+    """`--degrade noise=0.1,blur=1.5,downsample=2,jpeg=30` -> {"noise": 0.1, ...} (a DegradeConfig)."""
+    from vaelab.data.degrade import parse_degrade
+    from vaelab.errors import ConfigError as _ConfigError
+
+    try:
+        return parse_degrade(text)
+    except _ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 TRAIN_FLAGS: tuple[Flag, ...] = (
+    Flag("--task", "model.task", str, "generate (a VAE of the images, default) or translate (image to image: "
+         "the Probabilistic U-Net, with --arch unet and paired data)", ("generate", "translate")),
     Flag("--dataset", "data.dataset", str, "digits (offline default), mnist, fashion-mnist, folder, npz, "
-         "dicom, nifti (pip install 'vaelab[medical]'), shapes (procedural dSprites, with factor labels)",
-         ("digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes")),
+         "dicom, nifti (pip install 'vaelab[medical]'), shapes (procedural dSprites, with factor labels), "
+         "pairs (translate: --input-dir and --target-dir)",
+         ("digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes", "pairs")),
+    Flag("--input-dir", "data.input_dir", str, "pairs: folder of input images (matched to targets by relative path)"),
+    Flag("--target-dir", "data.target_dir", str, "pairs: folder of target images"),
+    Flag("--degrade", "data.degrade", degrade_spec,
+         "translate: degraded copies of the dataset's images are the inputs, drawn afresh each time: any of "
+         "noise=STD (Gaussian, on [0, 1]), blur=SIGMA (px), downsample=F (then bicubic up), jpeg=QUALITY",
+         metavar="noise=0.1,blur=1.5,downsample=2,jpeg=30"),
     Flag("--data-dir", "data.data_dir", str, "folder with the IDX files (mnist), the images (folder) or the "
          "scans (dicom, nifti; searched recursively)"),
     Flag("--data-path", "data.data_path", str, "the .npz file (npz)"),
@@ -111,16 +131,18 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--train-classes", "data.train_classes", int_list,
          "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
          "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's; the default), conv (stride-2 convolutions) or resnet "
-         "(residual blocks; the folder/npz default)", ("mlp", "conv", "resnet")),
+    Flag("--arch", "model.arch", str, "mlp (the paper's; the default), conv (stride-2 convolutions), resnet "
+         "(residual blocks; the folder/npz default) or unet (--task translate)", ("mlp", "conv", "resnet", "unet")),
     Flag("--conv-layout", "model.conv_layout", str,
          "conv: transposed (default: strided convs down, transposed convs up, 0.29 M parameters at 28×28) or "
          "resize (the layout of runs with config version 1: 256-wide dense layers, resize + conv up, 1.26 M)",
          ("transposed", "resize")),
     Flag("--latent-dim", "model.latent_dim", int, "latent dimensions (default 2; folder/npz: 64)"),
     Flag("--hidden", "model.hidden", int_list, "mlp layer widths / conv channels / resnet channels per stage, "
-         "e.g. 512,256"),
+         "e.g. 512,256; unet: channels per level, its length the depth (default 32,64,128)"),
     Flag("--blocks", "model.blocks", int, "resnet: residual blocks per stage (default 1)"),
+    Flag("--inject-stages", "model.inject_stages", int, "unet: decoder stages from the output that receive z "
+         "(1 = only the final 1x1 convolutions, as in Kohl et al. 2018)"),
     Flag("--activation", "model.activation", str, "relu, tanh, elu, gelu", ("relu", "tanh", "elu", "gelu")),
     Flag("--likelihood", "model.likelihood", str, "gaussian (the default; the paper's MSE with the fixed std), "
          "bernoulli (BCE on logits), logistic (discretized logistic on 8-bit values) or logistic-mixture",
@@ -227,11 +249,28 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and f"{prefix}{k}" not in TABLE_KEYS:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _table_keys() -> frozenset[str]:
+    """Dotted keys whose value is itself a settings table (a nested dataclass, e.g. data.degrade)."""
+    import typing
+
+    keys = set()
+    for section in SECTIONS:
+        sub = type(getattr(RunConfig(), section))
+        hints = typing.get_type_hints(sub)
+        for f in dataclasses.fields(sub):
+            if any(dataclasses.is_dataclass(a) for a in (hints[f.name], *typing.get_args(hints[f.name]))):
+                keys.add(f"{section}.{f.name}")
+    return frozenset(keys)
+
+
+TABLE_KEYS = _table_keys()
 
 
 def known_keys() -> list[str]:
@@ -427,4 +466,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # a JSON string literal is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a nested settings table, written inline
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")

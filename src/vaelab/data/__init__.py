@@ -8,6 +8,7 @@ no per-sample Python work ever runs in the training loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from vaelab.config import DataConfig
@@ -18,6 +19,7 @@ from vaelab.data.folder import load_folder
 from vaelab.data.mnist import load_fashion_mnist, load_mnist
 from vaelab.data.nifti import load_nifti
 from vaelab.data.npz import load_npz
+from vaelab.data.pairs import load_pairs
 from vaelab.data.shapes import load_shapes
 from vaelab.errors import DataError
 
@@ -30,12 +32,14 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "dicom": load_dicom,  # pydicom, imported on use (pip install 'vaelab[medical]')
     "nifti": load_nifti,  # nibabel, likewise
     "shapes": load_shapes,
+    "pairs": load_pairs,  # image-to-image: --input-dir A --target-dir B
 }
 
 
 def load_data(cfg: DataConfig) -> ImageData:
     """Load the dataset named in `cfg`, split it, keep only `cfg.train_classes` in the training and
-    validation splits (if given), and apply static binarisation if asked.
+    validation splits (if given), attach a `--degrade` degradation (its images become the targets of
+    image pairs) and apply static binarisation, if asked.
 
     The classes are chosen before binarising, so `vaelab eval` (which loads grey values and
     binarises itself) sees exactly the bits that training saw.
@@ -45,9 +49,22 @@ def load_data(cfg: DataConfig) -> ImageData:
     data = DATASETS[cfg.dataset](cfg)
     if cfg.train_classes:
         data = keep_classes(data, cfg.train_classes)
+    if cfg.degrade is not None:
+        data = with_degradation(data, cfg)
     if cfg.binarize == "static":
         data = apply_static_binarization(data, seed=cfg.split_seed)
     return data
 
 
-__all__ = ["DATASETS", "FactorSpec", "ImageData", "Split", "load_data"]
+def with_degradation(data: ImageData, cfg: DataConfig) -> ImageData:
+    """`data` as image pairs whose inputs are fresh degraded copies of its images (`cfg.degrade`)."""
+    from vaelab.data.degrade import Degradation
+
+    if data.paired:
+        raise DataError(f"{data.name} already holds input images; --degrade is for datasets of clean images")
+    degradation = Degradation(cfg.degrade)
+    splits = [dataclasses.replace(s, degrade=degradation) for s in (data.train, data.val, data.test)]
+    return ImageData(data.name, *splits, data.class_names, data.factors)
+
+
+__all__ = ["DATASETS", "FactorSpec", "ImageData", "Split", "load_data", "with_degradation"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,21 +20,33 @@ class Split:
     A dataset generated from known factors of variation (`--dataset shapes`) also carries
     `factors` int64 (N, F): the index of each factor's value for every image (the values and
     names are in `ImageData.factors`); None for every other dataset.
+    An image-to-image split (`paired`) also says where each image's *input* comes from: `inputs`
+    uint8 (N, C_in, H, W), its partner image row by row (`images` are then the targets), or
+    `degrade`, a callable (vaelab.data.degrade.Degradation) that makes a fresh degraded copy of
+    each batch of targets. Batches of a paired split carry the input image where others carry the
+    label (see `batches.iterate_batches`).
     """
 
     images: torch.Tensor
     labels: Optional[torch.Tensor] = None
     factors: Optional[torch.Tensor] = None
+    inputs: Optional[torch.Tensor] = None
+    degrade: Optional[Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def take(self, idx: torch.Tensor | slice) -> Split:
-        """The rows `idx` (an index tensor or a slice) of images, labels and factors."""
-        def rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t[idx]
+    @property
+    def paired(self) -> bool:
+        """Whether every image has an input image (an image-to-image split)."""
+        return self.inputs is not None or self.degrade is not None
 
-        return Split(self.images[idx], rows(self.labels), rows(self.factors))
+    def take(self, index: torch.Tensor | slice) -> Split:
+        """The rows `index` of every per-image tensor (images, labels, factors, inputs); `degrade` is kept."""
+        def rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[index]
+
+        return Split(self.images[index], rows(self.labels), rows(self.factors), rows(self.inputs), self.degrade)
 
 
 @dataclass(frozen=True)
@@ -70,9 +84,21 @@ class ImageData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image."""
+        """(C, H, W) of every image (of every target, for image-to-image data)."""
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
+
+    @property
+    def paired(self) -> bool:
+        """Whether this is image-to-image data (every split has input images)."""
+        return self.train.paired
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input images of paired data (those of the targets when degraded); 0 if unpaired."""
+        if self.train.inputs is not None:
+            return int(self.train.inputs.shape[1])
+        return self.image_shape[0] if self.paired else 0
 
     @property
     def num_classes(self) -> int:
@@ -144,7 +170,6 @@ def three_way_indices(n: int, test_fraction: float, val_fraction: float, seed: i
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split off a seeded random `fraction` of `split` -> (rest, held_out); both non-empty."""
     keep, out = (torch.from_numpy(i) for i in holdout_indices(len(split), fraction, seed))
-
     return split.take(keep), split.take(out)
 
 
@@ -169,7 +194,7 @@ def keep_classes(data: ImageData, classes: list[int]) -> ImageData:
         if len(keep) == 0:
             raise DataError(f"--train-classes {','.join(map(str, classes))}: the {name} split of {data.name} "
                             f"has no image of these classes")
-        return Split(split.images.index_select(0, keep), split.labels.index_select(0, keep))
+        return split.take(keep)  # every per-image tensor (an image pair's input too)
 
     return ImageData(data.name, take(data.train, "training"), take(data.val, "validation"), data.test,
                      data.class_names)
@@ -182,7 +207,7 @@ def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
     def binarize(split: Split) -> Split:
         probs = split.images.float().div_(255.0)
         bits = torch.bernoulli(probs, generator=gen).to(torch.uint8).mul_(255)
-        return Split(bits, split.labels, split.factors)
+        return dataclasses.replace(split, images=bits)
 
     return ImageData(data.name, binarize(data.train), binarize(data.val), binarize(data.test), data.class_names,
                      data.factors)

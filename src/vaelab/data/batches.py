@@ -48,7 +48,8 @@ def to_device(split: Split, device: torch.device | str) -> Split:
     Batches drawn from a device-resident split never cross the host-device bus again.
     """
     labels = None if split.labels is None else split.labels.to(device)
-    return Split(split.images.to(device), labels, split.factors)
+    inputs = None if split.inputs is None else split.inputs.to(device)
+    return Split(split.images.to(device), labels, split.factors, inputs, split.degrade)
 
 
 def iterate_batches(
@@ -70,32 +71,49 @@ def iterate_batches(
     index of the first batch not yet seen. `shard=(rank, world_size)` yields only this rank's
     rows of each global batch of `batch_size` (see `shard_rows`). `with_labels=False` yields
     y = None and skips gathering the labels.
+
+    A paired split (image-to-image) yields (target x, input y) instead, y float (B, C_in, H, W):
+    its stored input images, or `split.degrade` applied to the batch's targets, drawn from
+    `generator` afresh for every batch (for the whole global batch, like the binarisation).
     """
     n = len(split)
     rank, world_size = shard
     if order is None and shuffle:
         order = torch.randperm(n, generator=generator)
-    images, labels = split.images, split.labels if with_labels else None
+    images, labels = split.images, split.labels if with_labels and not split.paired else None
+    inputs, degrade = split.inputs, split.degrade
+    # Random draws per batch (binarisation, degradation noise) are made for the whole global batch.
+    whole_batch = dynamic_binarize or degrade is not None
     if order is not None:
         order = order.to(images.device)  # one transfer per epoch when the split lives on a GPU
     for i in range(start, (n + batch_size - 1) // batch_size):
         lo, hi = i * batch_size, min(n, (i + 1) * batch_size)
         rows = shard_rows(hi - lo, rank, world_size)
         if order is None:
-            if not dynamic_binarize:  # only this rank's rows are converted
+            if not whole_batch:  # only this rank's rows are converted
                 lo, hi = lo + rows.start, lo + rows.stop
                 rows = slice(None)
             xb = images[lo:hi]  # a view: no copy
             yb = None if labels is None else labels[lo:hi]
+            ib = None if inputs is None else inputs[lo:hi]
         else:
             idx = order[lo:hi]
-            if not dynamic_binarize:
+            if not whole_batch:
                 idx, rows = idx[rows], slice(None)
             xb = images.index_select(0, idx)  # (B, C, H, W) uint8: whole rows, one gather
             yb = None if labels is None else labels.index_select(0, idx)
+            ib = None if inputs is None else inputs.index_select(0, idx)
         x = to_float(xb.to(device, non_blocking=True))
+        cond = None  # the input image of a paired split, (B, C_in, H, W)
+        if degrade is not None:  # fresh degraded copies of the targets (the whole global batch)
+            cond = degrade(x, generator)[rows]
+        elif ib is not None:
+            cond = to_float(ib.to(device, non_blocking=True))
         if dynamic_binarize:
             # Draw for the whole global batch (the same bits on every rank), then keep our rows.
-            x = binarize_dynamic(x, generator if x.device.type == "cpu" else None)[rows]
-            yb = None if yb is None else yb[rows]
-        yield x, None if yb is None else yb.to(device, non_blocking=True)
+            x = binarize_dynamic(x, generator if x.device.type == "cpu" else None)
+        x = x[rows]  # every rank's rows (a view; all of them when the batch was sliced already)
+        if cond is not None:
+            yield x, cond
+        else:
+            yield x, None if yb is None else yb[rows].to(device, non_blocking=True)

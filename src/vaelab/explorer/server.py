@@ -11,6 +11,9 @@
     GET  /api/data/{index}          image `index` of the mapped split with its code
     GET  /api/data/{index}/image.png
 
+An image-to-image run (--task translate) gets its own app instead (`FAMILY_APPS`,
+explorer/translate.py): the same page, which then shows its image-to-image section.
+
 Every request value is validated (see `session.py` and `schemas.py`); a bad one gets a 4xx with
 a one-line `detail`, never a 500. Request bodies larger than the upload limit are cut off with a
 413 while they are still arriving. Responses carry a Content-Security-Policy that allows nothing
@@ -57,8 +60,19 @@ from vaelab.explorer.session import (
     ExplorerSession,
     InputError,
 )
+from vaelab.models import family_of
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _translate_app(model, **kwargs):
+    from vaelab.explorer.translate import create_translate_app
+
+    return create_translate_app(model, **kwargs)
+
+
+# Model family -> its explorer app (the VAE's is `create_app` itself).
+FAMILY_APPS = {"translate": _translate_app}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -84,6 +98,10 @@ def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = Non
         model, name = vaelab.load(run_dir, device=device), run_dir.name
     else:
         run_dir, model, name = None, source, "model"
+    family_app = FAMILY_APPS.get(family_of(model))
+    if family_app is not None:  # another model family's explorer (its own endpoints and page section)
+        return family_app(model, name=name, run_dir=run_dir, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
+                          allowed_hosts=allowed_hosts)
     session = ExplorerSession.from_model(
         model, split=split, class_names=class_names, data_dir=data_dir, run_dir=run_dir, name=name,
         max_points=max_points, slider_dims=slider_dims, max_upload_bytes=max_upload_bytes)

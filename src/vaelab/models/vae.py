@@ -40,7 +40,9 @@ def gaussian_kl(mean_q: torch.Tensor, log_var_q: torch.Tensor, mean_p: torch.Ten
 
 def resolve_hidden(cfg: ModelConfig) -> list[int]:
     """The hidden sizes to build: the config's, or the architecture's default when empty."""
-    return list(cfg.hidden) if cfg.hidden else list(ARCHITECTURES[cfg.arch].default_hidden)
+    from vaelab.models import default_hidden
+
+    return list(cfg.hidden) if cfg.hidden else list(default_hidden(cfg.arch))
 
 
 class ElboTerms(NamedTuple):
@@ -81,6 +83,8 @@ class VAE(nn.Module):
         """What every model family shares: checks of the image shape, sizes, the likelihood."""
         if cfg.image_shape is None:
             raise ConfigError("model config has no image_shape; it is set from the data when training starts")
+        if cfg.arch not in ARCHITECTURES:
+            raise ConfigError(f"--arch {cfg.arch} is not a VAE architecture (it is for --task translate)")
         arch = ARCHITECTURES[cfg.arch]
         if len(cfg.image_shape) - 1 not in arch.spatial_dims:
             kind = "volumes (C, D, H, W)" if len(cfg.image_shape) == 4 else "images (C, H, W)"

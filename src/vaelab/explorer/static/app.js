@@ -451,7 +451,12 @@ function setupUpload() {
 // ---- start ---------------------------------------------------------------------------------------
 
 async function start() {
-  const [meta, map] = await Promise.all([(await api("/api/meta")).json(), (await api("/api/map")).json()]);
+  const meta = await (await api("/api/meta")).json();
+  if (meta.task === "translate") {  // an image-to-image run: its own page section (translate.js)
+    const {startTranslate} = await import("/static/translate.js");
+    return startTranslate(meta, {api, status});
+  }
+  const map = await (await api("/api/map")).json();
   state.meta = meta;
   state.map = map;
   state.z = meta.latent_dim === 2 ? [0, 0] : map.center.slice();  // the prior mean / the map's centre
