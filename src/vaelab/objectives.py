@@ -131,7 +131,8 @@ def beta_tc_loss(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], beta: f
     for `elbo`; the three estimated terms are in `extras` (they sum to the Monte Carlo KL).
     """
     posterior = model.encode(x, y)
-    if not (hasattr(posterior, "kl_per_dim") and model.kl_is_closed_form(posterior)):
+    # (A model whose prior is a network of its input, the Probabilistic U-Net, has no fixed `prior`.)
+    if not (hasattr(model, "prior") and hasattr(posterior, "kl_per_dim") and model.kl_is_closed_form(posterior)):
         raise ConfigError("--objective beta-tc needs a diagonal Gaussian posterior and the N(0, I) prior")
     z, log_qz_given_x = posterior.rsample_with_log_prob()  # (B, D), (B,): h = sigma * N + mu
     recon = -model.likelihood.log_prob(x, model.decode(z, y))  # (B,)
