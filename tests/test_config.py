@@ -41,7 +41,7 @@ def test_defaults_round_trip_through_json():
     ({"train": {"lr": 10**400}}, "config 'train.lr' must be a finite number"),
     ({"data": "mnist"}, "config 'data' must be an object"),
     # known choices
-    ({"model": {"arch": "vit"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'unet', got 'vit'"),
+    ({"model": {"arch": "vit"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'conv3d', 'unet', got 'vit'"),
     ({"model": {"likelihood": "laplace"}}, "config 'model.likelihood' must be one of"),
     ({"data": {"dataset": "cifar"}}, "config 'data.dataset' must be one of"),
     ({"train": {"objective": "vi"}}, "config 'train.objective' must be one of"),
@@ -97,11 +97,13 @@ def test_not_an_object_and_bad_json(tmp_path):
 def test_parameter_estimate_bounds_the_real_model():
     """approx_parameters is an upper bound of the real count (and not a wild one) for both architectures."""
     cases = [("mlp", [64, 32], {}), ("mlp", [], {}), ("conv", [8, 16], {}), ("conv", [], {}),
-             ("resnet", [], {}), ("resnet", [8, 16, 16, 32], {"blocks": 3}), ("resnet", [16], {"latent_dim": 300})]
+             ("resnet", [], {}), ("resnet", [8, 16, 16, 32], {"blocks": 3}), ("resnet", [16], {"latent_dim": 300}),
+             ("conv3d", [], {}), ("conv3d", [4, 8], {})]
     for likelihood, shape in (("gaussian", [1, 28, 28]), ("logistic", [3, 32, 32]),
                               ("logistic-mixture", [3, 32, 32]), ("logistic-mixture", [1, 13, 17])):
         for arch, hidden, extra in cases:
-            model = {"arch": arch, "hidden": hidden, "image_shape": shape, "latent_dim": 8, "likelihood": likelihood,
+            size = [shape[0], 5, *shape[1:]] if arch == "conv3d" else shape  # conv3d: volumes 5 deep
+            model = {"arch": arch, "hidden": hidden, "image_shape": size, "latent_dim": 8, "likelihood": likelihood,
                      **extra}
             cfg = RunConfig.from_dict(_raw(model=model))
             real = sum(p.numel() for p in VAE(cfg.model).parameters())
@@ -117,8 +119,8 @@ def test_config_file_errors_reach_the_cli_as_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'unet', "
-                             "got 'transformer'")
+    assert err[0].startswith("vaelab: error: config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'conv3d', "
+                             "'unet', got 'transformer'")
     assert not out.exists()
 
 

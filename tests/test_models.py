@@ -32,6 +32,18 @@ COMPONENTS = ([(prior, posterior, 1) for prior in sorted(PRIORS) for posterior i
             + [(prior, "diagonal", 2) for prior in sorted(PRIORS)])
 COMPONENT_IDS = [f"{p}-{q}-{n}layer" for p, q, n in COMPONENTS]
 
+# The volume (C, D, H, W) each test's image shape stands for, for an architecture of volumes only
+# (conv3d): small, with odd sizes where the image has them, so the exact-size decoding is checked.
+VOLUME_FOR = {(1, 28, 28): (1, 8, 8, 8), (1, 12, 12): (1, 6, 6, 6), (3, 8, 8): (3, 4, 4, 4),
+              (1, 13, 17): (1, 5, 9, 7), (3, 9, 7): (3, 5, 9, 7)}
+
+
+def fit(variant: str, shape) -> tuple[int, ...]:
+    """`shape` (C, H, W) as the architecture of `variant` takes it: itself, or its VOLUME_FOR volume."""
+    arch = variant.partition(":")[0]
+    shape = tuple(shape)
+    return shape if len(shape) - 1 in ARCHITECTURES[arch].spatial_dims else VOLUME_FOR[shape]
+
 
 def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False, prior="normal",
          posterior="diagonal", layers=1, seed=0) -> VAE:
@@ -42,7 +54,7 @@ def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditi
     hidden = [16, 8] if arch == "mlp" else [4, 8]
     name, _, variance = likelihood.partition(":")
     cfg = ModelConfig(arch=arch, likelihood=name, gaussian_variance=variance or "fixed", latent_dim=latent_dim,
-                      hidden=hidden, blocks=1, mixture_components=3, image_shape=list(shape),
+                      hidden=hidden, blocks=1, mixture_components=3, image_shape=list(fit(variant, shape)),
                       conditional=conditional, num_classes=10 if conditional else 0,
                       prior=prior, prior_components=4, posterior=posterior, flow_steps=2, flow_hidden=12,
                       latent_layers=layers, ladder_hidden=[10], **({"conv_layout": layout} if layout else {}))
@@ -65,7 +77,7 @@ def test_component_shapes(arch, variant):
     prior, posterior, layers = variant
     model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
     d = model.latent_dim
-    x = torch.rand(5, 1, 12, 12).bernoulli()
+    x = torch.rand(5, *model.image_shape).bernoulli()
     q = model.encode(x)
     assert q.mean.shape == (5, d) and q.log_var.shape == (5, d)
     assert q.sample().shape == (5, d) and q.sample(7).shape == (7, 5, d)
@@ -78,8 +90,8 @@ def test_component_shapes(arch, variant):
     logs = model.log_terms(x, None, 6, q)
     assert all(t.shape == (6, 5) for t in logs)
     assert model.log_weights(x, None, 6, q).shape == (6, 5)
-    assert model.decode(q.sample(3)).shape == (3, 5, 1, 12, 12)
-    assert model.sample(4).shape == (4, 1, 12, 12) and model.reconstruct(x).shape == x.shape
+    assert model.decode(q.sample(3)).shape == (3, 5, *model.image_shape)
+    assert model.sample(4).shape == (4, *model.image_shape) and model.reconstruct(x).shape == x.shape
     assert model.dimension_kl(q).shape == (5, d)
 
 
@@ -90,7 +102,7 @@ def test_component_save_load_round_trip(tmp_path, arch, variant):
     model = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers)
     save_weights(model, tmp_path / "w.safetensors")
     other = make(arch, "bernoulli", (1, 12, 12), prior=prior, posterior=posterior, layers=layers, seed=1)
-    x = torch.rand(4, 1, 12, 12).bernoulli()
+    x = torch.rand(4, *model.image_shape).bernoulli()
 
     def weights(m):
         return m.log_weights(x, None, 5, generator=torch.Generator().manual_seed(3))
@@ -111,7 +123,7 @@ def test_component_determinism(arch, variant):
     state_a, state_b, state_c = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # same seed: same weights
     assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
-    x = torch.rand(4, 1, 12, 12).bernoulli()
+    x = torch.rand(4, *a.image_shape).bernoulli()
     draws = [a.log_weights(x, None, 5, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     samples = [a.prior.sample(3, generator=torch.Generator().manual_seed(s)) for s in (2, 2)]
@@ -132,7 +144,9 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(arch, variant):
         for module in model.decoder.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.weight.mul_(3.0)
-        x = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(5)).bernoulli()
+            elif isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+                module.weight.mul_(4.0)  # 27-voxel kernels average more inputs: a larger scale for the same effect
+        x = torch.rand(8, *model.image_shape, generator=torch.Generator().manual_seed(5)).bernoulli()
         q = model.encode(x)
         gen = torch.Generator().manual_seed(11)
         terms = model.elbo_terms(x, None, q, num_samples=1000, generator=gen)
@@ -150,7 +164,7 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(arch, variant):
 def test_every_likelihood_and_variance_is_covered():
     assert {v.partition(":")[0] for v in LIKELIHOOD_VARIANTS} == set(LIKELIHOODS)
     assert {"logistic", "logistic-mixture", "gaussian:learned", "gaussian:optimal"} <= set(LIKELIHOOD_VARIANTS)
-    assert "resnet" in ARCHITECTURES
+    assert "resnet" in ARCHITECTURES and "conv3d" in ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", VARIANTS)
@@ -158,6 +172,7 @@ def test_every_likelihood_and_variance_is_covered():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_shapes(arch, likelihood, shape):
     model = make(arch, likelihood, shape)
+    shape = model.image_shape  # (C, D, H, W) for an architecture of volumes
     x = torch.rand(5, *shape)
     q = model.encode(x)
     assert q.mean.shape == (5, 3) and q.log_var.shape == (5, 3)
@@ -177,7 +192,7 @@ def test_shapes(arch, likelihood, shape):
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_VARIANTS)
 def test_every_likelihood_trains_every_parameter_and_is_deterministic(arch, likelihood):
     model = make(arch, likelihood, (3, 9, 7))
-    x = torch.randint(0, 256, (4, 3, 9, 7)) / 255.0  # 8-bit values
+    x = torch.randint(0, 256, (4, *model.image_shape)) / 255.0  # 8-bit values
     torch.manual_seed(5)
     parts = OBJECTIVES["elbo"](model, x, None, 1.0, 1)
     assert torch.isfinite(parts.loss)
@@ -204,6 +219,32 @@ def test_resnet_comes_back_at_odd_sizes(shape):
     assert len(blocks) == 2 * 4
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8, 8), (1, 5, 9, 7), (1, 1, 4, 3), (3, 4, 5, 6)])
+def test_conv3d_comes_back_at_the_exact_volume_size(shape):
+    """Three stride-2 stages halve 9 -> 5 -> 3 -> 2 per axis (rounding up); the transposed convs restore
+    exactly 2 -> 3 -> 5 -> 9, so odd volumes need no cropping; the layers are 3-D convolutions."""
+    from vaelab.models.conv3d import volume_sizes
+
+    assert volume_sizes((5, 9, 7), 3) == [(5, 9, 7), (3, 5, 4), (2, 3, 2), (1, 2, 1)]
+    model = VAE(ModelConfig(arch="conv3d", hidden=[4, 8, 8], latent_dim=5, image_shape=list(shape),
+                            likelihood="logistic"))
+    x = torch.rand(2, *shape)
+    assert model.decode(model.encode(x).mean).shape == (2, 2 * shape[0], *shape[1:])
+    assert model.reconstruct(x).shape == x.shape and model.sample(3).shape == (3, *shape)
+    kinds = {type(m) for m in model.modules()}
+    assert {torch.nn.Conv3d, torch.nn.ConvTranspose3d} <= kinds and torch.nn.Conv2d not in kinds
+
+
+def test_config_knows_which_architectures_take_volumes():
+    """config.ARCH_DIMENSIONS (checked without torch) says what ARCHITECTURES' spatial_dims say."""
+    from vaelab.config import ARCH_DIMENSIONS
+
+    assert {a: ARCH_DIMENSIONS[a] for a in ARCHITECTURES} == {a: arch.spatial_dims for a, arch in ARCHITECTURES.items()}
+    for arch, shape in (("conv", [1, 8, 8, 8]), ("resnet", [1, 8, 8, 8]), ("conv3d", [1, 8, 8])):
+        with pytest.raises(ConfigError, match=f"--arch {arch} does not handle"):
+            VAE(ModelConfig(arch=arch, image_shape=shape))
+
+
 @pytest.mark.parametrize("arch", VARIANTS)
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 @pytest.mark.parametrize("variant", COMPONENTS, ids=COMPONENT_IDS)
@@ -211,7 +252,7 @@ def test_gradients_reach_every_parameter(arch, objective, variant):
     prior, posterior, layers = variant
     conditional = prior != "vamp"  # the VampPrior's pseudo-inputs carry no label
     model = make(arch, "bernoulli", conditional=conditional, prior=prior, posterior=posterior, layers=layers)
-    x = torch.rand(6, 1, 28, 28)
+    x = torch.rand(6, *model.image_shape)
     y = torch.arange(6) if conditional else None
     if objective == "beta-tc" and variant != ("normal", "diagonal", 1):
         # beta-TC splits a closed-form per-dimension KL: refused (RunConfig refuses it too)
@@ -297,7 +338,7 @@ def test_save_load_round_trip(tmp_path, arch, likelihood):
     load_weights(other, tmp_path / "w.safetensors")
     for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), name
-    x, y = torch.rand(2, 1, 28, 28), torch.tensor([3, 4])
+    x, y = torch.rand(2, *model.image_shape), torch.tensor([3, 4])
     torch.testing.assert_close(other.encode(x, y).mean, model.encode(x, y).mean, rtol=0, atol=0)
     model.eval(), other.eval()
     z = torch.randn(2, 3)

@@ -41,7 +41,19 @@ DEFAULT_TC_WEIGHT = 6.0
 
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes", "pairs"]
 Binarize = Literal["none", "dynamic", "static"]
-ArchName = Literal["mlp", "conv", "resnet", "unet"]  # models/__init__.py ARCHITECTURES; unet: --task translate
+ArchName = Literal["mlp", "conv", "resnet", "conv3d", "unet"]  # models/__init__.py ARCHITECTURES; unet: --task translate
+# The spatial dims (2: images, 3: volumes) each architecture handles: models/__init__.py's
+# `Architecture.spatial_dims`, repeated here so a config is checked without importing torch
+# (tests/test_models.py checks that the two agree).
+ARCH_DIMENSIONS: dict[str, tuple[int, ...]] = {"mlp": (2, 3), "conv": (2,), "resnet": (2,), "conv3d": (3,),
+                                               "unet": (2,)}
+# --dimensions 3: the datasets whose files are volumes (each volume one sample), and the default
+# and limits of --volume-size D,H,W (a 512³ uint8 volume is 128 MiB per sample; more is refused
+# before anything is allocated).
+VOLUME_DATASETS = ("dicom", "nifti")
+DEFAULT_VOLUME_SIZE = (32, 32, 32)
+MAX_VOLUME_SIDE = 512
+MAX_VOLUME_VOXELS = 2**24
 # What a run learns: generate = a VAE of the images; translate = an image-to-image model, the
 # Probabilistic U-Net (models/punet.py) of the target given an input image.
 Task = Literal["generate", "translate"]
@@ -156,6 +168,10 @@ class DataConfig:
     target_dir: Optional[str] = None
     # --task translate on an ordinary dataset: its images are the targets, degraded copies the inputs
     degrade: Optional[DegradeConfig] = None
+    # dicom / nifti: 2 = every slice one image (C, H, W); 3 = every volume (a NIfTI time point, a
+    # DICOM series) one sample (1, D, H, W), resampled to volume_size (data/volumes.py)
+    dimensions: int = 2
+    volume_size: Optional[list[int]] = None  # --dimensions 3: [D, H, W]; None = DEFAULT_VOLUME_SIZE
 
     def validate(self) -> None:
         """Check every field; raise one ConfigError listing every bad one."""
@@ -192,7 +208,37 @@ class DataConfig:
             problems += self.degrade.problems()
             if self.dataset == "pairs":
                 problems.append("--degrade makes inputs from clean images; --dataset pairs already has its inputs")
+        return problems + self._volume_problems()
+
+    def _volume_problems(self) -> list[str]:
+        """Checks of --dimensions and --volume-size (and of the 2-D-only flags on volumes)."""
+        if self.dimensions not in (2, 3):
+            return [f"dimensions must be 2 (slices) or 3 (volumes), got {self.dimensions}"]
+        if self.dimensions == 2:
+            return ["--volume-size is for --dimensions 3"] if self.volume_size is not None else []
+        problems: list[str] = []
+        if self.dataset not in VOLUME_DATASETS:
+            problems.append(f"--dimensions 3 needs a dataset of volumes (--dataset {' or '.join(VOLUME_DATASETS)}); "
+                            f"{self.dataset} holds 2-D images")
+        size = self.volume_size
+        if size is not None and (len(size) != 3 or not all(4 <= v <= MAX_VOLUME_SIDE for v in size)):
+            problems.append(f"volume_size must be three sizes D,H,W in 4..{MAX_VOLUME_SIDE}, got {size}")
+        elif size is not None and math.prod(size) > MAX_VOLUME_VOXELS:
+            problems.append(f"volume_size {size} is {math.prod(size):,} voxels per sample, more than the "
+                            f"{MAX_VOLUME_VOXELS:,} vaelab trains on")
+        unused = [flag for flag, given in (("--image-size", self.image_size is not None),
+                                           ("--slice-axis", self.slice_axis is not None),
+                                           ("--keep-empty-slices", self.keep_empty_slices),
+                                           ("--degrade", self.degrade is not None)) if given]
+        if unused:
+            problems.append(f"{unused[0]} is for --dimensions 2 (slices); volumes are resampled to --volume-size")
+        if self.channels not in (None, 1):
+            problems.append("--dimensions 3 reads grey volumes: leave --channels at 1")
         return problems
+
+    def resolved_volume_size(self) -> tuple[int, int, int]:
+        """(D, H, W) every volume is resampled to."""
+        return tuple(self.volume_size) if self.volume_size else DEFAULT_VOLUME_SIZE  # type: ignore[return-value]
 
 
 @dataclass
@@ -490,6 +536,11 @@ class RunConfig:
                                                   or self.model.stochastic_layers != 1 or self.model.task != "generate"):
             problems.append("--objective beta-tc splits the KL per latent dimension: it needs --prior normal, "
                             "--posterior diagonal and one stochastic layer")
+        spatial = self.data.dimensions if self.model.image_shape is None else len(self.model.image_shape) - 1
+        if spatial in (2, 3) and spatial not in ARCH_DIMENSIONS.get(self.model.arch, (spatial,)):
+            kind = "volumes (--dimensions 3)" if spatial == 3 else "2-D images"
+            fits = ", ".join(a for a, dims in ARCH_DIMENSIONS.items() if spatial in dims and a != "unet")
+            problems.append(f"--arch {self.model.arch} does not handle {kind}; use --arch {fits}")
         if self.weights == "ema" and not self.train.ema_decay:
             problems.append("weights 'ema' needs train.ema_decay > 0")
         translate_data = self.data.dataset == "pairs" or self.data.degrade is not None
@@ -678,7 +729,7 @@ def approx_parameters(model: ModelConfig) -> float:
     if model.image_shape is None:
         return 0.0
     c, *spatial = (float(v) for v in model.image_shape)
-    defaults = {"mlp": [512.0, 256.0]}
+    defaults = {"mlp": [512.0, 256.0], "conv3d": [16.0, 32.0, 64.0]}
     hidden = [float(v) for v in model.hidden] or defaults.get(model.arch, [32.0, 64.0, 128.0])
     extra = float(model.num_classes if model.conditional else 0)
     latent = float(model.latent_dim)
@@ -713,7 +764,7 @@ def approx_parameters(model: ModelConfig) -> float:
     if model.arch == "resnet":  # one linear layer each way between the code and the 32-channel bottleneck
         bottleneck = RESNET_BOTTLENECK * math.prod(feature)
         dense = (bottleneck + extra + 1) * (max(encoder_out, 2 * latent) + extra) + (latent + extra + 1) * bottleneck
-    elif model.arch == "conv" and model.conv_layout == "transposed":  # flat <-> latent, no hidden dense layer
+    elif model.arch == "conv3d" or (model.arch == "conv" and model.conv_layout == "transposed"):  # flat <-> latent
         dense = (flat + extra + 1) * (max(encoder_out, 2 * latent) + extra) + (latent + extra + 1) * flat
     else:
         dense = (flat + extra + 1) * 512 + 513 * (max(encoder_out, 2 * latent) + extra)

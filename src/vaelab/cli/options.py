@@ -121,6 +121,11 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "$VAELAB_DATA/decoded or ~/.cache/vaelab/decoded and memory-map it (default on)", is_switch=True),
     Flag("--slice-axis", "data.slice_axis", int, "nifti: voxel axis 0, 1 or 2 to cut 2-D slices along "
          "(default: the axis closest to axial)"),
+    Flag("--dimensions", "data.dimensions", int, "dicom/nifti: 2 = every slice is one image (default); 3 = every "
+         "volume (a NIfTI file or time point, a DICOM series) is one sample, resampled to --volume-size "
+         "(train it with --arch conv3d)", metavar="2|3"),
+    Flag("--volume-size", "data.volume_size", int_list, "--dimensions 3: resample every volume to D,H,W voxels "
+         "(default 32,32,32; the first axis is the one closest to axial)", metavar="D,H,W"),
     Flag("--keep-empty-slices", "data.keep_empty_slices", None, "dicom/nifti: keep slices that are one constant "
          "value after windowing (skipped by default)", is_switch=True),
     Flag("--allow-mixed", "data.allow_mixed", None, "dicom: allow several modalities (e.g. CT and MR) in one "
@@ -131,8 +136,9 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--train-classes", "data.train_classes", int_list,
          "train (and validate) on these labels only, e.g. 0 or 0,3; the test split keeps every class "
          "(anomaly detection: train on the normal classes)", metavar="K[,K...]"),
-    Flag("--arch", "model.arch", str, "mlp (the paper's; the default), conv (stride-2 convolutions), resnet "
-         "(residual blocks; the folder/npz default) or unet (--task translate)", ("mlp", "conv", "resnet", "unet")),
+    Flag("--arch", "model.arch", str, "mlp (the paper's; the default; images and volumes), conv (stride-2 "
+         "convolutions), resnet (residual blocks; the folder/npz default), conv3d (3-D convolutions, for "
+         "--dimensions 3 volumes) or unet (--task translate)", ("mlp", "conv", "resnet", "conv3d", "unet")),
     Flag("--conv-layout", "model.conv_layout", str,
          "conv: transposed (default: strided convs down, transposed convs up, 0.29 M parameters at 28×28) or "
          "resize (the layout of runs with config version 1: 256-wide dense layers, resize + conv up, 1.26 M)",

@@ -16,6 +16,8 @@ from torch import nn
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.models.conv import ConvDecoder, ConvEncoder
+from vaelab.models.conv3d import DEFAULT_HIDDEN as CONV3D_DEFAULT_HIDDEN
+from vaelab.models.conv3d import Conv3dDecoder, Conv3dEncoder
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.posterior import POSTERIORS, DiagonalGaussian
 from vaelab.models.priors import PRIORS
@@ -39,6 +41,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mlp": Architecture(MLPEncoder, MLPDecoder, (512, 256), spatial_dims=(2, 3)),
     "conv": Architecture(ConvEncoder, ConvDecoder, (32, 64, 128)),
     "resnet": Architecture(ResNetEncoder, ResNetDecoder, (32, 64, 128)),
+    "conv3d": Architecture(Conv3dEncoder, Conv3dDecoder, CONV3D_DEFAULT_HIDDEN, spatial_dims=(3,)),  # volumes
 }
 
 # Default hidden sizes of architectures outside ARCHITECTURES (those of other model families).
