@@ -41,7 +41,8 @@ def test_defaults_round_trip_through_json():
     ({"train": {"lr": 10**400}}, "config 'train.lr' must be a finite number"),
     ({"data": "mnist"}, "config 'data' must be an object"),
     # known choices
-    ({"model": {"arch": "vit"}}, "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'conv3d', 'unet', got 'vit'"),
+    ({"model": {"arch": "vit"}},
+     "config 'model.arch' must be one of 'mlp', 'conv', 'resnet', 'conv3d', 'unet', got 'vit'"),
     ({"model": {"likelihood": "laplace"}}, "config 'model.likelihood' must be one of"),
     ({"data": {"dataset": "cifar"}}, "config 'data.dataset' must be one of"),
     ({"train": {"objective": "vi"}}, "config 'train.objective' must be one of"),

@@ -41,7 +41,8 @@ DEFAULT_TC_WEIGHT = 6.0
 
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder", "npz", "dicom", "nifti", "shapes", "pairs"]
 Binarize = Literal["none", "dynamic", "static"]
-ArchName = Literal["mlp", "conv", "resnet", "conv3d", "unet"]  # models/__init__.py ARCHITECTURES; unet: --task translate
+# models/__init__.py ARCHITECTURES; unet: --task translate
+ArchName = Literal["mlp", "conv", "resnet", "conv3d", "unet"]
 # The spatial dims (2: images, 3: volumes) each architecture handles: models/__init__.py's
 # `Architecture.spatial_dims`, repeated here so a config is checked without importing torch
 # (tests/test_models.py checks that the two agree).
@@ -533,7 +534,8 @@ class RunConfig:
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
         if self.train.objective == "beta-tc" and (self.model.prior != "normal" or self.model.posterior != "diagonal"
-                                                  or self.model.stochastic_layers != 1 or self.model.task != "generate"):
+                                                  or self.model.stochastic_layers != 1
+                                                  or self.model.task != "generate"):
             problems.append("--objective beta-tc splits the KL per latent dimension: it needs --prior normal, "
                             "--posterior diagonal and one stochastic layer")
         spatial = self.data.dimensions if self.model.image_shape is None else len(self.model.image_shape) - 1
@@ -719,7 +721,7 @@ def approx_parameters(model: ModelConfig) -> float:
     4x4, two per level in each of its three contracting paths and its expanding path. Other
     architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both ways
-    (resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
+    (conv3d: its one 3x3x3 convolution per stage each way, counted exactly; resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
     way), plus dense layers between the last feature map (each stage halving every spatial
     size, rounding up; resnet's first stage keeps the full size) and the latent code via a dense
     width counted as 512 (directly, for the conv layout "transposed"; resnet: its two linear
@@ -755,6 +757,8 @@ def approx_parameters(model: ModelConfig) -> float:
         between = sum(kernel * (max(a, b) + 1) * max(a, b) for a, b in zip(hidden, hidden[1:]))
         edges = kernel * (hidden[0] + 1) * max(c, out) + (hidden[-1] + 1) * RESNET_BOTTLENECK
         convs = 2.0 * (blocks + between + edges)
+    elif model.arch == "conv3d":  # one 3x3x3 conv per stage each way (models/conv3d.py)
+        convs = sum(27.0 * (a + 1) * b for a, b in zip(channels, channels[1:]))
     else:
         convs = 4.0 * sum(kernel * (a + 1) * b for a, b in zip(channels, channels[1:]))
     feature = list(spatial)
