@@ -403,6 +403,8 @@ def evaluate_model(model: VAE, data: ImageData, split_name: str = "test", *, iw_
     grey = grey_data if grey_data is not None else data
     if not fid:
         result["fid_skipped"] = "--no-fid"
+    elif len(model.image_shape) != 3:  # the classifier behind FID is a 2-D network (vaelab.classifier)
+        result["fid_skipped"] = "volumes: the classifier behind FID and reconstruction accuracy takes 2-D images"
     elif grey.num_classes < 2 or split.labels is None:
         result["fid_skipped"] = "unlabelled dataset: no classifier to compute FID with"
     else:

@@ -207,6 +207,9 @@ def load_image_files(model: VAE, paths: Sequence[str | Path]) -> torch.Tensor:
     """Image files -> float (N, C, H, W) in [0, 1], converted to the model's channels and size."""
     from vaelab.data.images import load_image
 
+    if len(model.image_shape) != 3:
+        raise DataError("this run models volumes; image files are 2-D: give indices into the run's dataset "
+                        "(vaelab reconstruct also takes a volume: --images VOLUME.nii.gz)")
     c, h, w = model.image_shape
     if h != w:
         raise DataError(f"image files can only be fed to models of square images; this one is {h}×{w}")

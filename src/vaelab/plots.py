@@ -34,9 +34,38 @@ from vaelab.checkpoint import atomic_write_bytes  # noqa: E402
 MIN_TILE = 56  # tiles are upscaled (nearest) to at least this many pixels so 8×8 digits are visible
 
 
+def mid_slices(volumes: torch.Tensor, gap: int = 1, gap_value: float = 1.0) -> torch.Tensor:
+    """Volumes (N, C, D, H, W) -> tiles (N, C, S, 3S) of their orthogonal mid-slices side by side.
+
+    D runs from superior to inferior and each (H, W) plane is an axial slice in the radiological
+    view (data/volumes.py), so the three panels are, left to right: axial (H × W, at D // 2),
+    coronal (D × W, at H // 2: superior at the top, patient's left on the right) and sagittal
+    (D × H, at W // 2: superior at the top, posterior on the right). Each is centred in an S × S
+    square (S = the largest size; black around it) and they are separated by `gap` columns.
+    """
+    v = volumes.detach().float().cpu()
+    n, c, d, h, w = v.shape
+    side = max(d, h, w)
+    panels = [v[:, :, d // 2], v[:, :, :, h // 2, :], v[:, :, :, :, w // 2]]  # (N, C, rows, cols) each
+    out = torch.full((n, c, side, 3 * side + 2 * gap), gap_value)
+    for i, p in enumerate(panels):
+        rows, cols = p.shape[2:]
+        top, left = (side - rows) // 2, i * (side + gap) + (side - cols) // 2
+        out[:, :, :, i * (side + gap) : i * (side + gap) + side] = 0.0
+        out[:, :, top : top + rows, left : left + cols] = p
+    return out
+
+
+def as_tiles(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) as they are; volumes (N, C, D, H, W) as their `mid_slices` tiles."""
+    return mid_slices(images) if images.dim() == 5 else images
+
+
 def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> uint8 grid (rows*H', nrow*W', 3) with `nrow` images per row."""
-    images = images.detach().float().cpu().clamp(0, 1)
+    """(N, C, H, W) in [0, 1] -> uint8 grid (rows*H', nrow*W', 3) with `nrow` images per row.
+
+    Volumes (N, C, D, H, W) are drawn as their orthogonal mid-slices (`mid_slices`)."""
+    images = as_tiles(images.detach().float().cpu().clamp(0, 1))
     n, c, h, w = images.shape
     scale = max(1, math.ceil(MIN_TILE / max(h, w)))
     if scale > 1:

@@ -1,4 +1,4 @@
-"""Scans reconstructed by a 2-D run, given back in the scanner's geometry.
+"""Scans reconstructed by a 2-D or 3-D run, given back in the scanner's geometry.
 
 `vaelab reconstruct RUN --images SCAN --out OUT.nii.gz` (SCAN: a .nii / .nii.gz file, a DICOM
 file or a folder holding one DICOM series) cuts the scan into slices exactly as the run's loader
@@ -10,6 +10,11 @@ ImagePositionPatient / ImageOrientationPatient / PixelSpacing in RAS), so a view
 the input. Slices the run's loader skips as empty are written as the input clipped to the window.
 Values outside the window were clipped on the way in and come back clipped. The header written
 carries geometry only: no description, names or other text of the input header.
+
+A 3-D run (`--dimensions 3`) reconstructs each volume of the scan whole: windowed, reoriented and
+resampled to the run's --volume-size exactly as its loader does (data/volumes.py), reconstructed,
+then resampled back to the input's voxel grid and mapped back through the inverse window
+(`reconstruct_volumes`). Its samples are written by `write_samples_nifti`.
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ def _window(scan: Scan, data_cfg: Any) -> Window:
 
 
 def _model_size(model) -> tuple[int, int]:
+    if is_volume_model(model):
+        raise ConfigError("this run models volumes: reconstruct its scans with reconstruct_volumes")
     c, h, w = model.image_shape
     if h != w:
         raise DataError(f"scans can only be fed to models of square images; this one is {h}×{w}")
@@ -181,7 +188,7 @@ def write_nifti(out: Path, scan: Scan, volumes: list[np.ndarray]) -> Path:
     """The reconstructed volumes as NIfTI with the input's shape and affine (and nothing else of its header)."""
     import nibabel as nib
 
-    data = np.stack(volumes, axis=-1) if len(scan.shape) == 4 else volumes[0]
+    data = np.stack(volumes, axis=-1) if len(scan.shape) == 4 and len(volumes) > 1 else volumes[0]
     data = data.reshape(scan.shape).astype(np.float32)
     img = nib.Nifti1Image(data, None)
     img.set_qform(scan.affine, code=scan.qform_code)
@@ -215,6 +222,93 @@ def scan_table(model, data_cfg: Any, scan: Scan, label: Optional[int] = None, ma
             raise ConfigError("this run is conditional; give the scan's label with --label")
         y = torch.full((len(picks),), label)
     return reconstruct_images(model, to_float(torch.from_numpy(x[picks])), y)
+
+
+# ---- 3-D runs (--dimensions 3): the scan's volumes as samples ---------------------------------
+
+
+def is_volume_model(model) -> bool:
+    """Whether the model was trained on volumes (C, D, H, W)."""
+    return len(model.image_shape) == 4
+
+
+def _uniform_invert(scan: Scan) -> bool:
+    if any(scan.invert) and not all(scan.invert):
+        raise DataError("this series mixes MONOCHROME1 and MONOCHROME2 slices; it is not one volume")
+    return bool(scan.invert and scan.invert[0])
+
+
+def volume_inputs(model, data_cfg: Any, scan: Scan) -> list[tuple[np.ndarray, Window]]:
+    """Every volume of `scan` as a 3-D run's loader makes it -> [(uint8 (1, D, H, W), its window)]."""
+    from vaelab.data.medical import to_uint8
+    from vaelab.data.orientation import volume_view_for
+    from vaelab.data.volumes import to_model, volume_window
+
+    size = tuple(int(v) for v in model.image_shape[1:])
+    view, invert = volume_view_for(scan.affine), _uniform_invert(scan)
+    out = []
+    for values in scan.volumes:
+        window = volume_window(values, fixed_window(data_cfg), "the scan")
+        out.append((to_uint8(to_model(values, view, window, size, invert))[None], window))
+    return out
+
+
+def reconstruct_volumes(model, data_cfg: Any, scan: Scan, label: Optional[int] = None) -> list[np.ndarray]:
+    """Every volume of `scan` reconstructed whole by a 3-D run (decode(E_q[z]), the likelihood's mean),
+    resampled back to the input's voxel grid and mapped back through the inverse window (modality units)."""
+    from vaelab.data.orientation import volume_view_for
+    from vaelab.data.volumes import from_model
+
+    if model.conditional and label is None:
+        raise ConfigError("this run is conditional; give the scan's label with --label")
+    view, invert = volume_view_for(scan.affine), _uniform_invert(scan)
+    outputs = []
+    for (x, window), values in zip(volume_inputs(model, data_cfg, scan), scan.volumes):
+        grey = _reconstruct(model, x[None], label if model.conditional else None)[0]  # (D, H, W) in [0, 255]
+        outputs.append(from_model(grey, view, values.shape, window, invert))
+    return outputs
+
+
+def volume_table(model, data_cfg: Any, scan: Scan, label: Optional[int] = None):
+    """The scan's volumes (their mid-slices) above their reconstructions (an ImageTable)."""
+    import torch
+
+    from vaelab.data.batches import to_float
+    from vaelab.latent import reconstruct_images
+
+    if model.conditional and label is None:
+        raise ConfigError("this run is conditional; give the scan's label with --label")
+    x = to_float(torch.from_numpy(np.stack([v for v, _ in volume_inputs(model, data_cfg, scan)])))
+    y = torch.full((len(x),), label) if model.conditional else None
+    return reconstruct_images(model, x, y)
+
+
+def volume_scan_for_model(model, scan: Scan) -> None:
+    """A 3-D run takes a 3-D or 4-D scan with at least 2 slices along every axis."""
+    if any(v.ndim != 3 or min(v.shape) < 2 for v in scan.volumes):
+        raise DataError(f"this run models volumes; the scan is {'×'.join(map(str, scan.shape))}, not a volume")
+
+
+def sample_affine(size: tuple[int, int, int]) -> np.ndarray:
+    """Voxel (w, h, d) of a model volume (D, H, W) -> world RAS mm at 1 mm per voxel: the model's
+    (H, W) planes are radiological axial slices and D runs superior to inferior (data/volumes.py), so
+    w runs toward the patient's left (-x), h toward posterior (-y), d toward inferior (-z)."""
+    d, h, w = size
+    affine = np.diag([-1.0, -1.0, -1.0, 1.0])
+    affine[:3, 3] = [(w - 1) / 2.0, (h - 1) / 2.0, (d - 1) / 2.0]  # centred on the origin
+    return affine
+
+
+def write_samples_nifti(out: Path, samples: np.ndarray, window: Optional[Window]) -> Path:
+    """Samples (N, D, H, W) in [0, 1] of a 3-D run as one NIfTI: 3-D for one sample, 4-D (one volume per
+    sample) for more, on the model's grid (`sample_affine`); in modality units through the run's fixed
+    --intensity-window, else as grey values 0..255 (the run's windows were each volume's own)."""
+    grey = np.clip(samples.astype(np.float32), 0.0, 1.0) * 255.0  # (N, D, H, W)
+    values = window.inverse(grey) if window is not None else grey
+    data = values.transpose(3, 2, 1, 0)  # (W, H, D, N): NIfTI's voxel order (i, j, k, t)
+    data = data[..., 0] if data.shape[-1] == 1 else data
+    scan = Scan([], sample_affine(tuple(samples.shape[1:])), tuple(data.shape), 2, Display(False, False, False))
+    return write_nifti(out, scan, [data])
 
 
 def require_nibabel() -> None:

@@ -156,7 +156,25 @@ def run_sample(args: argparse.Namespace) -> int:
                            "--gmm 10")
     table = sample_images(ctx.model, args.num, args.temperature, ctx.label(args.label), args.seed, args.nrow,
                           layer=args.layer, sampler=sampler)
+    from vaelab.volume_reconstruct import is_nifti_output
+
+    if is_nifti_output(args.out):
+        return write_sample_volumes(ctx, args, table.images)
     return ctx.write(table, "sample")
+
+
+def write_sample_volumes(ctx: RunContext, args: argparse.Namespace, samples: torch.Tensor) -> int:
+    """`sample --out X.nii.gz` of a 3-D run: the samples as one NIfTI (4-D for several)."""
+    from vaelab import volume_reconstruct as vr
+    from vaelab.data.medical import fixed_window
+
+    if not vr.is_volume_model(ctx.model):
+        raise ConfigError("--out X.nii / X.nii.gz writes the samples of a 3-D run (--dimensions 3); this run models "
+                          "2-D images: give a .png")
+    vr.require_nibabel()
+    out = vr.write_samples_nifti(Path(args.out), samples.mean(1).float().cpu().numpy(), fixed_window(ctx.cfg.data))
+    print(f"wrote {out}")
+    return 0
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
@@ -191,6 +209,14 @@ def reconstruct_scans(ctx: RunContext, args: argparse.Namespace, scans: list[Pat
                           "DICOM series) and no other inputs")
     label = ctx.label(args.label) if args.label is not None else None
     scan = vr.read_scan(scans[0], ctx.cfg.data.slice_axis)
+    if vr.is_volume_model(ctx.model):  # a 3-D run: every volume of the scan is one sample
+        vr.volume_scan_for_model(ctx.model, scan)
+        if vr.is_nifti_output(args.out):
+            vr.require_nibabel()
+            out = vr.write_nifti(Path(args.out), scan, vr.reconstruct_volumes(ctx.model, ctx.cfg.data, scan, label))
+            print(f"wrote {out}")
+            return 0
+        return ctx.write(vr.volume_table(ctx.model, ctx.cfg.data, scan, label), "reconstruct")
     if vr.is_nifti_output(args.out):
         vr.require_nibabel()
         out = vr.write_nifti(Path(args.out), scan, vr.reconstruct_scan(ctx.model, ctx.cfg.data, scan, label))
@@ -383,7 +409,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Decode n draws from the model's prior (z ~ N(0, t² I) for the normal "
                                    "prior), or from the mixture of vaelab fit-sampler (--sampler gmm). "
                                    "Conditional runs: --label picks the class.")
-    _common(p, "sample", inputs=False)
+    _common(p, "sample", inputs=False, out_help="; a 3-D run's OUT.nii or OUT.nii.gz writes the samples as a "
+            "NIfTI volume (4-D for several)")
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draws (default 1)")
     p.add_argument("--label", help="conditional runs: the class to generate (index or class name)")

@@ -1,4 +1,5 @@
-"""Datasets: each kind loads once into uint8 tensors (N, C, H, W), in memory or memory-mapped.
+"""Datasets: each kind loads once into uint8 tensors (N, C, H, W) (volumes: (N, 1, D, H, W)), in memory
+or memory-mapped.
 
 `DATASETS` maps a `--dataset` name to a loader `DataConfig -> ImageData`; adding a dataset is
 adding one entry. `folder`, `dicom` and `nifti` are decoded once into the decoded-image cache
@@ -21,6 +22,7 @@ from vaelab.data.nifti import load_nifti
 from vaelab.data.npz import load_npz
 from vaelab.data.pairs import load_pairs
 from vaelab.data.shapes import load_shapes
+from vaelab.data.volumes import load_dicom_volumes, load_nifti_volumes
 from vaelab.errors import DataError
 
 DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
@@ -34,6 +36,12 @@ DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
     "shapes": load_shapes,
     "pairs": load_pairs,  # image-to-image: --input-dir A --target-dir B
 }
+# --dimensions 3: the datasets of volumes, each volume one sample (1, D, H, W) (data/volumes.py);
+# config.VOLUME_DATASETS names the same keys.
+VOLUME_DATASETS: dict[str, Callable[[DataConfig], ImageData]] = {
+    "nifti": load_nifti_volumes,
+    "dicom": load_dicom_volumes,
+}
 
 
 def load_data(cfg: DataConfig) -> ImageData:
@@ -46,7 +54,10 @@ def load_data(cfg: DataConfig) -> ImageData:
     """
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset '{cfg.dataset}'; choose from {', '.join(DATASETS)}")
-    data = DATASETS[cfg.dataset](cfg)
+    if cfg.dimensions == 3 and cfg.dataset not in VOLUME_DATASETS:
+        raise DataError(f"--dimensions 3 needs a dataset of volumes ({', '.join(VOLUME_DATASETS)}); "
+                        f"{cfg.dataset} holds 2-D images")
+    data = (VOLUME_DATASETS if cfg.dimensions == 3 else DATASETS)[cfg.dataset](cfg)
     if cfg.train_classes:
         data = keep_classes(data, cfg.train_classes)
     if cfg.degrade is not None:
@@ -67,4 +78,4 @@ def with_degradation(data: ImageData, cfg: DataConfig) -> ImageData:
     return ImageData(data.name, *splits, data.class_names, data.factors)
 
 
-__all__ = ["DATASETS", "FactorSpec", "ImageData", "Split", "load_data", "with_degradation"]
+__all__ = ["DATASETS", "VOLUME_DATASETS", "FactorSpec", "ImageData", "Split", "load_data", "with_degradation"]

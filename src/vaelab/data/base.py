@@ -83,10 +83,9 @@ class ImageData:
     factors: Optional[FactorSpec] = None  # the factors of variation (`Split.factors`), if known
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image (of every target, for image-to-image data)."""
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of every image (of every target, for image-to-image data); (C, D, H, W) for volumes."""
+        return tuple(int(v) for v in self.train.images.shape[1:])
 
     @property
     def paired(self) -> bool:

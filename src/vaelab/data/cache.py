@@ -11,6 +11,8 @@ and modification time, so changing, adding or removing a file makes it stale (an
 replaces it). Layout, little-endian:
 
     [train images (N, C, H, W) uint8][train labels (N,) int64] [val ...] [test ...]
+
+(volumes, `--dimensions 3`: images (N, C, D, H, W); the header's shape says which.)
     [header JSON][header length uint64][SHA-256 of the header][magic b"VAELABDC"]
 
 The header (written last, then fsync and rename, so no reader ever sees a half-written file)
@@ -107,7 +109,7 @@ class SplitWriter:
     """
 
     def __init__(self) -> None:
-        self.shape: Optional[tuple[int, int, int]] = None
+        self.shape: Optional[tuple[int, ...]] = None  # (C, H, W), or (C, D, H, W) for volumes
         self.counts = {s: 0 for s in SPLITS}
         self.labelled: Optional[bool] = None
         self._current: Optional[str] = None
@@ -119,10 +121,11 @@ class SplitWriter:
         """Append `images` (k, C, H, W) uint8 and their labels (k,) (or None: unlabelled) to `split`."""
         if split not in SPLITS or split in self._done:
             raise ValueError(f"rows for split {split!r} after that split was finished")
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (k, C, H, W), got {images.dtype} {images.shape}")
+        if images.dtype != np.uint8 or images.ndim not in (4, 5):
+            raise ValueError(f"images must be uint8 (k, C, H, W) or volumes (k, C, D, H, W), got {images.dtype} "
+                             f"{images.shape}")
         if self.shape is None:
-            self.shape = tuple(int(v) for v in images.shape[1:])  # type: ignore[assignment]
+            self.shape = tuple(int(v) for v in images.shape[1:])
         elif tuple(images.shape[1:]) != self.shape:
             raise ValueError(f"images of shape {images.shape[1:]} after {self.shape}")
         if self.labelled is None:
@@ -272,12 +275,12 @@ def map_splits(path: Path, header: dict[str, Any]) -> dict[str, Split]:
     """The cached splits as tensors over a copy-on-write mapping of `path` (labels read into memory)."""
     import torch
 
-    c, h, w = header["shape"]
+    shape = tuple(int(v) for v in header["shape"])  # (C, H, W) or (C, D, H, W)
     out = {}
     for name in SPLITS:
         entry = header["splits"][name]
         n = int(entry["count"])
-        images = np.memmap(path, dtype=np.uint8, mode="c", offset=int(entry["offset"]), shape=(n, c, h, w))
+        images = np.memmap(path, dtype=np.uint8, mode="c", offset=int(entry["offset"]), shape=(n, *shape))
         labels = None
         if entry["labels_offset"] is not None:
             labels = np.fromfile(path, dtype="<i8", count=n, offset=int(entry["labels_offset"])).astype(np.int64)

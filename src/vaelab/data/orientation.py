@@ -83,3 +83,34 @@ def display_for(affine: np.ndarray, slice_axis: int) -> Display:
 def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice `index` of a 3-D array along `axis` -> 2-D (the other two axes, in order)."""
     return np.take(volume, index, axis=axis)
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    """How a volume's voxel array (I, J, K) becomes the (D, H, W) array a 3-D model sees.
+
+    D runs along the voxel axis closest to axial (`axis`), from superior to inferior; each
+    (H, W) plane is that axial slice in the radiological view of `display_for`. So the model's
+    volumes do not depend on how a file stores its voxels, and the mid-slices the figures show
+    (axial, coronal, sagittal) come out the way a viewer shows them.
+    """
+
+    axis: int  # the voxel axis that becomes D
+    display: Display  # how each slice along it is shown
+    flip_depth: bool  # the axis runs toward superior: reversed so that D = 0 is the top
+
+    def forward(self, volume: np.ndarray) -> np.ndarray:
+        """Voxel-order (I, J, K) -> (D, H, W)."""
+        out = np.stack([self.display.forward(take_slice(volume, self.axis, k)) for k in range(volume.shape[self.axis])])
+        return np.ascontiguousarray(out[::-1] if self.flip_depth else out)
+
+    def backward(self, volume: np.ndarray) -> np.ndarray:
+        """(D, H, W) -> voxel order (I, J, K) (the inverse of `forward`)."""
+        planes = volume[::-1] if self.flip_depth else volume
+        return np.ascontiguousarray(np.stack([self.display.backward(p) for p in planes], axis=self.axis))
+
+
+def volume_view_for(affine: np.ndarray) -> VolumeView:
+    """The `VolumeView` of a volume with this affine (voxel -> world RAS mm)."""
+    axis = closest_axial_axis(affine)
+    return VolumeView(axis, display_for(affine, axis), world_axes(affine)[axis][1] > 0)

@@ -62,6 +62,10 @@ class ExplorerSession:
     def __init__(self, model, split: Split, class_names: Sequence[str] = (), *, name: str = "model",
                  max_points: int = DEFAULT_MAX_POINTS, slider_dims: int = DEFAULT_SLIDER_DIMS,
                  z_limit: float = Z_LIMIT, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+        if len(model.image_shape) != 3:  # its tiles, uploads and API are 2-D images
+            raise ConfigError("vaelab explore shows 2-D images and this run models volumes (C, D, H, W); use vaelab "
+                              "sample, reconstruct, traverse, interpolate or manifold, whose figures show their "
+                              "orthogonal mid-slices")
         if len(split) == 0:
             raise DataError("the split to map has no images")
         if tuple(split.images.shape[1:]) != tuple(model.image_shape):
