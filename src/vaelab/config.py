@@ -721,7 +721,8 @@ def approx_parameters(model: ModelConfig) -> float:
     4x4, two per level in each of its three contracting paths and its expanding path. Other
     architectures: convolutions as
     4x4 (4x4x4 for volumes) kernels between consecutive channel counts, four per stage both ways
-    (conv3d: its one 3x3x3 convolution per stage each way, counted exactly; resnet: its 2·blocks convs per stage, the convs between stages and at both ends, each
+    (conv3d: its one 3x3x3 convolution per stage each way, counted exactly; resnet: its 2·blocks
+    convs per stage, the convs between stages and at both ends, each
     way), plus dense layers between the last feature map (each stage halving every spatial
     size, rounding up; resnet's first stage keeps the full size) and the latent code via a dense
     width counted as 512 (directly, for the conv layout "transposed"; resnet: its two linear
