@@ -31,7 +31,7 @@ SAMPLES = {
     "--warmup-epochs": "1.5", "--min-lr": "0.00001", "--lr-decay": "0.5", "--lr-step": "4", "--lr-patience": "2",
     "--lr-segments": "3:1,9:0.5", "--ema-decay": "0.99", "--early-stopping": "3", "--keep": "best",
     "--mlflow": "http://127.0.0.1:5000", "--shapes-subsample": "1000", "--tc-weight": "3",
-    "--slice-axis": "1",
+    "--slice-axis": "1", "--dimensions": "3", "--volume-size": "16,24,32",
     "--blocks": "3", "--gaussian-variance": "learned", "--mixture-components": "5",
     "--task": "translate", "--input-dir": "some/inputs", "--target-dir": "some/targets",
     "--degrade": "noise=0.1,downsample=2", "--inject-stages": "2",
@@ -45,6 +45,8 @@ CONTEXT = {
     "--input-dir": ["--dataset", "pairs", "--target-dir", "t", "--task", "translate", "--arch", "unet"],
     "--target-dir": ["--dataset", "pairs", "--input-dir", "i", "--task", "translate", "--arch", "unet"],
     "--degrade": ["--task", "translate", "--arch", "unet"],
+    "--dimensions": ["--dataset", "nifti"],
+    "--volume-size": ["--dataset", "nifti", "--dimensions", "3"],
 }
 
 

@@ -59,7 +59,14 @@ REGISTRIES = {"model.arch": ARCHITECTURES, "model.likelihood": LIKELIHOODS, "tra
 ENTRY_SETTINGS = {("train.lr_schedule", "piecewise"): {"train.lr_segments": [[1, 1.0], [1, 0.5]]},
                   ("train.lr_schedule", "step"): {"train.lr_step": 1}}
 # Small layers per architecture; an architecture added later gets the generic choice.
-HIDDEN = {"mlp": "16", "conv": "4,8"}
+HIDDEN = {"mlp": "16", "conv": "4,8", "conv3d": "4,8"}
+# The data each architecture trains on: the kind of the `datasets` fixture and its flags (an
+# architecture added later gets the 2-D images). VOLUME_FILES volumes split by file give the same
+# 54 training samples (6 batches an epoch) as the TRAIN_IMAGES images do.
+ARCH_DATA = {"conv3d": "volumes"}
+DATA_FLAGS = {"images": ["--dataset", "mnist"],
+              "volumes": ["--dataset", "nifti", "--dimensions", "3", "--volume-size", "6,6,6", "--no-cache"]}
+VOLUME_FILES = 67
 GENERIC_HIDDEN = "8,8"
 # Extra flags an objective needs (none unless listed).
 OBJECTIVE_FLAGS = {"iwae": ["--iw-samples-train", "2"]}
@@ -85,6 +92,11 @@ def case_settings(case: Case) -> dict:
     for choice in case[0]:
         settings.update(ENTRY_SETTINGS.get(choice, {}))
     return settings
+
+
+def data_kind(case: Case) -> str:
+    """Which data the case's architecture trains on ("images" or "volumes")."""
+    return ARCH_DATA.get(dict(case[0])["model.arch"], "images")
 
 
 def case_flags(case: Case, folder: Path) -> list[str]:
@@ -159,6 +171,28 @@ def idx_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, idx_folder) -> dict[str, list[str]]:
+    """Data kind -> the flags that train on it: the IDX images, or VOLUME_FILES small NIfTI volumes
+    in two class folders (labelled, for the conditional cases), made on first use."""
+
+    class Kinds(dict):
+        def __missing__(self, kind: str) -> list[str]:
+            if kind != "volumes":
+                raise KeyError(kind)
+            nib = pytest.importorskip("nibabel")
+            rng = np.random.default_rng(8)
+            folder = tmp_path_factory.mktemp("volumes")
+            for i in range(VOLUME_FILES):
+                (folder / "ab"[i % 2]).mkdir(exist_ok=True)
+                volume = rng.integers(0, 1000, (6, 6, 6)).astype(np.int16)
+                nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / "ab"[i % 2] / f"v{i:02d}.nii.gz"))
+            self[kind] = [*DATA_FLAGS[kind], "--data-dir", str(folder)]
+            return self[kind]
+
+    return Kinds(images=[*DATA_FLAGS["images"], "--data-dir", str(idx_folder)])
+
+
 def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
@@ -174,8 +208,8 @@ def no_figures(monkeypatch):
     monkeypatch.setattr(vaelab.plots, "write_run_figures", lambda *args, **kwargs: [])
 
 
-def killed_and_resumed_equals_uninterrupted(tmp_path: Path, idx_folder: Path, flags: list[str]) -> None:
-    common = ["train", "--dataset", "mnist", "--data-dir", str(idx_folder), "--epochs", str(EPOCHS),
+def killed_and_resumed_equals_uninterrupted(tmp_path: Path, data: list[str], flags: list[str]) -> None:
+    common = ["train", *data, "--epochs", str(EPOCHS),
               "--batch-size", str(BATCH), "--latent-dim", "3", "--checkpoint-every", str(EVERY), "--threads", "1",
               "--seed", "5", "--quiet", *flags]
     reference, run = tmp_path / "reference", tmp_path / "killed"
@@ -207,14 +241,14 @@ def killed_and_resumed_equals_uninterrupted(tmp_path: Path, idx_folder: Path, fl
 
 
 @pytest.mark.parametrize("case", _fast_cases(), ids=_id)
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, idx_folder, no_figures, case):
-    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(case, tmp_path))
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, datasets, no_figures, case):
+    killed_and_resumed_equals_uninterrupted(tmp_path, datasets[data_kind(case)], case_flags(case, tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _slow_cases(), ids=_id)
-def test_sigkill_resume_over_the_whole_registry_cross_product(tmp_path, idx_folder, no_figures, case):
-    killed_and_resumed_equals_uninterrupted(tmp_path, idx_folder, case_flags(case, tmp_path))
+def test_sigkill_resume_over_the_whole_registry_cross_product(tmp_path, datasets, no_figures, case):
+    killed_and_resumed_equals_uninterrupted(tmp_path, datasets[data_kind(case)], case_flags(case, tmp_path))
 
 
 def test_the_matrix_covers_every_registry_entry_and_both_steps(tmp_path):
@@ -229,7 +263,7 @@ def test_the_matrix_covers_every_registry_entry_and_both_steps(tmp_path):
     assert {switch for _, switch in fast} >= {s for s in SWITCHES if s != "plain"}
     steps = set()
     for case in fast + _slow_cases():
-        args = build_parser().parse_args(["train", *case_flags(case, tmp_path), "--dataset", "mnist"])
+        args = build_parser().parse_args(["train", *case_flags(case, tmp_path), *DATA_FLAGS[data_kind(case)]])
         cfg = build_config(None, args.config, flag_overrides(args))
         assert all(cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] == v for k, v in case_settings(case).items())
         steps.add("fused" if cfg.train.step != "autograd" and fused_step_fits(cfg) else "autograd")
