@@ -106,3 +106,52 @@ def test_no_identifying_header_value_reaches_any_output(tmp_path, monkeypatch, c
     # The report does not show where the scans are either.
     assert str(scans).lower().encode() not in (run / "report.html").read_bytes().lower()
     assert np.isfinite(np.asarray(__import__("nibabel").load(out / "r.nii.gz").get_fdata())).all()
+
+
+def test_no_identifying_header_value_reaches_any_output_of_a_3d_run(tmp_path, monkeypatch, capsys):
+    """The same search over a 3-D run (--dimensions 3 --arch conv3d): train with TensorBoard, eval,
+    report, reconstruct to NIfTI and PNG, sample to NIfTI and PNG, the latent tools, and an error."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VAELAB_DATA", str(cache))
+    scans = tmp_path / "scans"
+    for p in range(3):
+        write_dicom_series(scans / ("a" if p < 2 else "b") / f"case{p}", phantom((6, 12, 12), seed=p),
+                           series=f"s{p}", identity=identity(p))
+    write_structured_report(scans / "a" / "case0" / "report.dcm", identity(0))
+    values = needles(scans)
+    assert len(values) > 40
+
+    out = tmp_path / "outputs"
+    run = out / "run"
+    printed = []
+    assert main(["train", "--dataset", "dicom", "--data-dir", str(scans), "--dimensions", "3", "--volume-size",
+                 "8,8,8", "--arch", "conv3d", "--hidden", "4,8", "--latent-dim", "2", "--epochs", "2",
+                 "--batch-size", "1", "--tensorboard", "--out", str(run)]) == 0
+    series = scans / "a" / "case1"
+    for argv in (["eval", str(run), "--iw-samples", "2"], ["report", str(run)],
+                 ["reconstruct", str(run), "--images", str(series), "--out", str(out / "r.nii.gz")],
+                 ["reconstruct", str(run), "--images", str(series), "--out", str(out / "r.png")],
+                 ["sample", str(run), "-n", "2", "--out", str(out / "s.nii.gz")], ["sample", str(run), "-n", "4"],
+                 ["traverse", str(run)], ["manifold", str(run), "--steps", "3"]):
+        assert main(argv) == 0, argv
+    printed.append(capsys.readouterr())
+    broken = tmp_path / "broken"
+    shutil.copytree(scans, broken)
+    victim = broken / "b" / "case2" / "s2_003.dcm"
+    victim.write_bytes(victim.read_bytes()[:300])
+    assert main(["train", "--dataset", "dicom", "--data-dir", str(broken), "--dimensions", "3", "--arch", "conv3d",
+                 "--out", str(out / "never")]) != 0
+    printed.append(capsys.readouterr())
+    assert "b/case2/s2_003.dcm" in printed[-1].err and not (out / "never").exists()
+
+    assert (run / "tensorboard").is_dir() and (out / "s.nii.gz").is_file() and (run / "report.html").is_file()
+    assert list((cache / "decoded").glob("dicom-3d-*.bin"))
+    hits = leaks(out, values) + leaks(cache, values)
+    text = "\n".join(p.out + p.err for p in printed).lower()
+    hits += [f"printed: {v}" for v in values if v in text]
+    assert hits == []
+    assert str(scans).lower().encode() not in (run / "report.html").read_bytes().lower()
+    nib = __import__("nibabel")
+    for name in ("r.nii.gz", "s.nii.gz"):  # geometry and intensities only: no description or other text
+        header = nib.load(out / name).header
+        assert not bytes(header["descrip"]).strip(b"\0") and not bytes(header["aux_file"]).strip(b"\0")
