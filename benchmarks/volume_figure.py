@@ -13,7 +13,7 @@ inputs above reconstructions) is copied to
 and `vaelab reconstruct RUN --images <a test volume> --out recon.nii.gz` is checked to have the
 input's shape and affine; the voxel correlation with the input (within the window) is printed.
 
-    flock /tmp/vaelab-cpu.lock python benchmarks/volume_figure.py [--volumes 48 --epochs 60]
+    flock /tmp/vaelab-cpu.lock python benchmarks/volume_figure.py [--volumes 48 --epochs 80]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--volumes", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--out", default=str(REPO / "docs" / "images" / "volume_reconstructions.png"))
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}")
