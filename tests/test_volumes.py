@@ -146,6 +146,7 @@ def test_nifti_folder_trains_3d_and_2d_and_every_command_works_on_the_3d_run(tmp
                  "--intensity-window=-1000,800", *TINY, "--out", str(run)]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["image_shape"] == [1, 8, 8, 8] and cfg["data"]["dimensions"] == 3
+    assert cfg["data"]["volume_size"] == [8, 8, 8]
     figures = {p.name for p in (run / "figures").glob("*.png")}
     assert {"reconstructions.png", "samples.png", "latent.png"} <= figures
     assert main(["train", "--dataset", "nifti", "--data-dir", str(root), "--image-size", "8", "--hidden", "8",
@@ -215,6 +216,11 @@ def test_dicom_series_folder_trains_3d_and_2d(tmp_path):
     assert main(["train", "--dataset", "dicom", "--data-dir", str(scans), "--dimensions", "3", *TINY,
                  "--batch-size", "1", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["model"]["image_shape"] == [1, 8, 8, 8]
+    default = tmp_path / "default-size"  # without --volume-size: 32³, written into config.json
+    assert main(["train", "--dataset", "dicom", "--data-dir", str(scans), "--dimensions", "3", "--arch", "conv3d",
+                 "--hidden", "4", "--epochs", "1", "--batch-size", "1", "--quiet", "--out", str(default)]) == 0
+    saved = json.loads((default / "config.json").read_text())
+    assert saved["data"]["volume_size"] == [32, 32, 32] and saved["model"]["image_shape"] == [1, 32, 32, 32]
     out = tmp_path / "r.nii.gz"
     assert main(["reconstruct", str(run), "--images", str(scans / "case1"), "--out", str(out)]) == 0
     back = nib.load(out)

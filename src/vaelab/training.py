@@ -116,6 +116,8 @@ def finalize_config(cfg: RunConfig, data: ImageData) -> RunConfig:
     cfg.model.num_classes = data.num_classes
     cfg.model.input_channels = data.input_channels  # image pairs: the input image's channels
     cfg.model.hidden = resolve_hidden(cfg.model)
+    if cfg.data.dimensions == 3:  # written out, so the run does not depend on a later default
+        cfg.data.volume_size = list(cfg.data.resolved_volume_size())
     cfg.train.weight_decay = weight_decay_of(cfg.train)
     if cfg.train.mlflow:
         cfg.train.mlflow = resolve_uri(cfg.train.mlflow)
