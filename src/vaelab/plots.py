@@ -65,9 +65,10 @@ def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: flo
     """(N, C, H, W) in [0, 1] -> uint8 grid (rows*H', nrow*W', 3) with `nrow` images per row.
 
     Volumes (N, C, D, H, W) are drawn as their orthogonal mid-slices (`mid_slices`)."""
+    volumes = images.dim() == 5
     images = as_tiles(images.detach().float().cpu().clamp(0, 1))
     n, c, h, w = images.shape
-    scale = max(1, math.ceil(MIN_TILE / max(h, w)))
+    scale = max(1, math.ceil(MIN_TILE / (h if volumes else max(h, w))))  # volumes: each mid-slice panel h × h
     if scale > 1:
         images = images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         h, w = h * scale, w * scale
