@@ -63,6 +63,19 @@ HIDDEN = {"mlp": "16", "conv": "4,8"}
 GENERIC_HIDDEN = "8,8"
 # Extra flags an objective needs (none unless listed).
 OBJECTIVE_FLAGS = {"iwae": ["--iw-samples-train", "2"]}
+# Other registries' entries an entry needs (set in its cases; cross-product cases without them are left out):
+# beta-TC splits the closed-form per-dimension KL of a diagonal posterior against N(0, I).
+ENTRY_REQUIRES = {("train.objective", "beta-tc"): {"model.prior": "normal", "model.posterior": "diagonal"}}
+
+
+def with_requirements(choice: dict) -> dict:
+    """`choice` with what its entries need (ENTRY_REQUIRES)."""
+    out = dict(choice)
+    for entry in choice.items():
+        out.update(ENTRY_REQUIRES.get(entry, {}))
+    return out
+
+
 # Switches an entry refuses (dropped from its cases): the VampPrior's pseudo-inputs carry no label.
 UNCONDITIONAL = {"vamp": ("--conditional",)}
 # The training switches, each a list of flags; spread round-robin over the cases.
@@ -111,12 +124,12 @@ def _fast_cases() -> list[Case]:
         switch = switches[i % len(switches)]
         if "autograd" in switch:  # the autograd/fused choice only exists where the fused step could run
             choice.update(FUSED_CHOICES)
-        cases.append((tuple(choice.items()), switch))
+        cases.append((tuple(with_requirements(choice).items()), switch))
     # An entry the autograd cases' fixed choices displaced gets a case of its own.
     for key, values in entries.items():
         for value in values:
             if not any(dict(c)[key] == value for c, _ in cases):
-                choice = {k: v[0] for k, v in entries.items()} | {key: value}
+                choice = with_requirements({k: v[0] for k, v in entries.items()} | {key: value})
                 cases.append((tuple(choice.items()), "plain"))
     # The fused step is the default wherever it applies: at least one case must train with it.
     if not any(all(dict(c)[k] == v for k, v in FUSED_CHOICES.items()) and "autograd" not in s for c, s in cases):
@@ -136,6 +149,8 @@ def _slow_cases() -> list[Case]:
     for i, values in enumerate(itertools.product(*(REGISTRIES[k] for k in model_keys))):
         choice = dict(zip(model_keys, values))
         choice.update({k: list(REGISTRIES[k])[i % len(REGISTRIES[k])] for k in other_keys})
+        if with_requirements(choice) != choice:
+            continue  # a combination the config refuses
         choice = tuple((k, choice[k]) for k in REGISTRIES)
         cases.append((choice, switches[i % len(switches)]))
         if all(dict(choice)[k] == v for k, v in FUSED_CHOICES.items()):
