@@ -108,7 +108,9 @@ def test_a_second_writer_is_refused_and_a_killed_holders_lock_is_gone(tmp_path, 
         _refused(capsys, ["report", str(run)], run, holder.pid, "vaelab train --resume")
         _refused(capsys, ["export", str(run), "--format", "torchscript", "--part", "decoder"], run, holder.pid,
                  "vaelab train --resume")
-        assert _snapshot(run) == before  # --force removed nothing, eval/report/export wrote nothing
+        _refused(capsys, ["sample", str(run), "--num", "4"], run, holder.pid,  # default out: RUN/figures/
+                 "vaelab train --resume")
+        assert _snapshot(run) == before  # --force removed nothing, eval/report/export/sample wrote nothing
 
         # Readers that write elsewhere keep working while the run is held.
         assert main(["sample", str(run), "--out", str(tmp_path / "samples.png"), "--num", "4"]) == 0

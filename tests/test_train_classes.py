@@ -70,14 +70,36 @@ def _labelled_configs(tmp_path, fake_mnist):
         "npz": _npz(tmp_path),
         "dicom": _dicom(tmp_path),
         "nifti": _nifti(tmp_path),
+        "shapes": DataConfig(dataset="shapes", shapes_subsample=300),
     }
 
 
+def _pairs(tmp_path):
+    for side in ("inputs", "targets"):
+        (tmp_path / side).mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((6, 6), 10 * i, np.uint8)).save(tmp_path / side / f"{i}.png")
+    return DataConfig(dataset="pairs", input_dir=str(tmp_path / "inputs"), target_dir=str(tmp_path / "targets"),
+                      image_size=6)
+
+
+# Dataset kinds that never carry labels (image pairs): --train-classes is refused on them.
+UNLABELLED = {"pairs": _pairs}
+
+
 def test_every_dataset_kind_is_covered(tmp_path, fake_mnist):
-    assert set(_labelled_configs(tmp_path, fake_mnist)) == set(DATASETS)
+    assert set(_labelled_configs(tmp_path, fake_mnist)) | set(UNLABELLED) == set(DATASETS)
 
 
-@pytest.mark.parametrize("kind", sorted(DATASETS))
+@pytest.mark.parametrize("kind", sorted(UNLABELLED))
+def test_train_classes_is_refused_on_unlabelled_kinds(kind, tmp_path):
+    cfg = UNLABELLED[kind](tmp_path)
+    assert load_data(cfg).train.labels is None
+    with pytest.raises(DataError, match="needs a labelled dataset"):
+        load_data(replace(cfg, train_classes=[0]))
+
+
+@pytest.mark.parametrize("kind", sorted(set(DATASETS) - set(UNLABELLED)))
 def test_train_classes_filters_train_and_val_only(kind, tmp_path, fake_mnist):
     cfg = _labelled_configs(tmp_path, fake_mnist)[kind]
     full = load_data(cfg)
@@ -93,6 +115,10 @@ def test_train_classes_filters_train_and_val_only(kind, tmp_path, fake_mnist):
     assert torch.equal(chosen.test.images, full.test.images)
     assert torch.equal(chosen.test.labels, full.test.labels)
     assert chosen.class_names == full.class_names  # labels keep their meaning
+    assert chosen.factors == full.factors  # a generated dataset keeps its factors of variation
+    if full.train.factors is not None:
+        keep = torch.isin(full.train.labels, torch.tensor(classes))
+        assert torch.equal(chosen.train.factors, full.train.factors[keep])
 
 
 def test_static_binarisation_matches_what_vaelab_eval_rebuilds():

@@ -127,13 +127,16 @@ class RunContext:
 
     def write(self, table, name: str) -> int:
         from vaelab.plots import labelled_grid
+        from vaelab.runlock import run_lock_for_output
 
         out = Path(self.args.out) if self.args.out else self.run_dir / "figures" / f"{name}.png"
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            labelled_grid(table.images, table.nrow, out, table.row_labels, table.col_labels, table.title)
-        except OSError as exc:
-            raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
+        # Writing into the run folder (the default RUN/figures/) is writing: one writer per run.
+        with run_lock_for_output(self.run_dir, out, f"vaelab {name}"):
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                labelled_grid(table.images, table.nrow, out, table.row_labels, table.col_labels, table.title)
+            except OSError as exc:
+                raise RunError(f"cannot write {out}: {exc.strerror or exc}") from None
         print(f"wrote {out}")
         return 0
 
@@ -218,8 +221,12 @@ def reconstruct_scans(ctx: RunContext, args: argparse.Namespace, scans: list[Pat
             return 0
         return ctx.write(vr.volume_table(ctx.model, ctx.cfg.data, scan, label), "reconstruct")
     if vr.is_nifti_output(args.out):
+        from vaelab.runlock import run_lock_for_output
+
         vr.require_nibabel()
-        out = vr.write_nifti(Path(args.out), scan, vr.reconstruct_scan(ctx.model, ctx.cfg.data, scan, label))
+        recon = vr.reconstruct_scan(ctx.model, ctx.cfg.data, scan, label)
+        with run_lock_for_output(ctx.run_dir, args.out, "vaelab reconstruct"):
+            out = vr.write_nifti(Path(args.out), scan, recon)
         print(f"wrote {out}")
         return 0
     return ctx.write(vr.scan_table(ctx.model, ctx.cfg.data, scan, label), "reconstruct")

@@ -196,7 +196,7 @@ def keep_classes(data: ImageData, classes: list[int]) -> ImageData:
         return split.take(keep)  # every per-image tensor (an image pair's input too)
 
     return ImageData(data.name, take(data.train, "training"), take(data.val, "validation"), data.test,
-                     data.class_names)
+                     data.class_names, data.factors)
 
 
 def apply_static_binarization(data: ImageData, seed: int) -> ImageData:
