@@ -174,8 +174,12 @@ def write_sample_volumes(ctx: RunContext, args: argparse.Namespace, samples: tor
     if not vr.is_volume_model(ctx.model):
         raise ConfigError("--out X.nii / X.nii.gz writes the samples of a 3-D run (--dimensions 3); this run models "
                           "2-D images: give a .png")
+    from vaelab.runlock import run_lock_for_output
+
     vr.require_nibabel()
-    out = vr.write_samples_nifti(Path(args.out), samples.mean(1).float().cpu().numpy(), fixed_window(ctx.cfg.data))
+    with run_lock_for_output(ctx.run_dir, args.out, "vaelab sample"):
+        out = vr.write_samples_nifti(Path(args.out), samples.mean(1).float().cpu().numpy(),
+                                     fixed_window(ctx.cfg.data))
     print(f"wrote {out}")
     return 0
 
@@ -215,8 +219,12 @@ def reconstruct_scans(ctx: RunContext, args: argparse.Namespace, scans: list[Pat
     if vr.is_volume_model(ctx.model):  # a 3-D run: every volume of the scan is one sample
         vr.volume_scan_for_model(ctx.model, scan)
         if vr.is_nifti_output(args.out):
+            from vaelab.runlock import run_lock_for_output
+
             vr.require_nibabel()
-            out = vr.write_nifti(Path(args.out), scan, vr.reconstruct_volumes(ctx.model, ctx.cfg.data, scan, label))
+            recon = vr.reconstruct_volumes(ctx.model, ctx.cfg.data, scan, label)
+            with run_lock_for_output(ctx.run_dir, args.out, "vaelab reconstruct"):
+                out = vr.write_nifti(Path(args.out), scan, recon)
             print(f"wrote {out}")
             return 0
         return ctx.write(vr.volume_table(ctx.model, ctx.cfg.data, scan, label), "reconstruct")
