@@ -216,6 +216,12 @@ def test_dicom_series_folder_trains_3d_and_2d(tmp_path):
     assert main(["train", "--dataset", "dicom", "--data-dir", str(scans), "--dimensions", "3", *TINY,
                  "--batch-size", "1", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["model"]["image_shape"] == [1, 8, 8, 8]
+    # No fixed window (each volume had its own percentiles): samples are written as grey values 0..255.
+    assert main(["sample", str(run), "-n", "1", "--out", str(tmp_path / "one.nii")]) == 0
+    one = nib.load(tmp_path / "one.nii")
+    values = np.asarray(one.get_fdata())
+    assert one.shape == (8, 8, 8) and values.min() >= 0 and values.max() <= 255 and values.max() > 1
+    assert np.allclose(one.affine[:3, :3], -np.eye(3))  # 1 mm voxels, upright in a viewer
     default = tmp_path / "default-size"  # without --volume-size: 32³, written into config.json
     assert main(["train", "--dataset", "dicom", "--data-dir", str(scans), "--dimensions", "3", "--arch", "conv3d",
                  "--hidden", "4", "--epochs", "1", "--batch-size", "1", "--quiet", "--out", str(default)]) == 0
