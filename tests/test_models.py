@@ -42,7 +42,7 @@ def fit(variant: str, shape) -> tuple[int, ...]:
     """`shape` (C, H, W) as the architecture of `variant` takes it: itself, or its VOLUME_FOR volume."""
     arch = variant.partition(":")[0]
     shape = tuple(shape)
-    return shape if len(shape) - 1 in ARCHITECTURES[arch].spatial_dims else VOLUME_FOR[shape]
+    return shape if len(shape) - 1 in ARCHITECTURES[arch].spatial_dims else VOLUME_FOR.get(shape, shape)
 
 
 def make(variant: str, likelihood: str, shape=(1, 28, 28), latent_dim=3, conditional=False, prior="normal",
@@ -233,6 +233,17 @@ def test_conv3d_comes_back_at_the_exact_volume_size(shape):
     assert model.reconstruct(x).shape == x.shape and model.sample(3).shape == (3, *shape)
     kinds = {type(m) for m in model.modules()}
     assert {torch.nn.Conv3d, torch.nn.ConvTranspose3d} <= kinds and torch.nn.Conv2d not in kinds
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOOD_VARIANTS)
+def test_mlp_takes_volumes_too(likelihood):
+    """The mlp flattens (C, D, H, W) like (C, H, W): every likelihood trains it on volumes."""
+    model = make("mlp", likelihood, (1, 5, 9, 7))
+    x = torch.randint(0, 256, (3, 1, 5, 9, 7)) / 255.0
+    parts = OBJECTIVES["elbo"](model, x, None, 1.0, 1)
+    parts.loss.backward()
+    assert torch.isfinite(parts.loss) and all(p.grad is not None for p in model.parameters())
+    assert model.reconstruct(x).shape == x.shape and model.sample(2).shape == (2, 1, 5, 9, 7)
 
 
 def test_config_knows_which_architectures_take_volumes():

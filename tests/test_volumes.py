@@ -311,3 +311,31 @@ def test_explore_refuses_a_volume_run_in_one_line(tmp_path):
                  "--batch-size", "1", "--out", str(run)]) == 0
     with pytest.raises(ConfigError, match="vaelab explore shows 2-D images and this run models volumes"):
         create_app(run)
+
+
+def test_single_slice_series_are_skipped_and_mixed_photometry_refused(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    from vaelab.data.synthetic_scans import write_dicom_series
+
+    scans = tmp_path / "dicom"
+    for p in range(3):
+        write_dicom_series(scans / f"case{p}", phantom((6, 12, 12), seed=p), series=f"s{p}",
+                           identity={"PatientID": f"P{p}"})
+    write_dicom_series(scans / "xray", phantom((3, 12, 12))[1:2], series="x", identity={"PatientID": "P9"})
+    data = load_data(DataConfig(dataset="dicom", data_dir=str(scans), dimensions=3, volume_size=[4, 4, 4],
+                                cache=False, class_folders=False))
+    assert len(data.train) + len(data.val) + len(data.test) == 3
+    assert "skipped 1 series of one slice (not volumes)" in capsys.readouterr().err
+
+    mixed = tmp_path / "mixed"
+    for p in range(3):
+        write_dicom_series(mixed / f"case{p}", phantom((6, 12, 12), seed=p), series=f"s{p}",
+                           identity={"PatientID": f"P{p}"})
+    write_dicom_series(tmp_path / "m1", phantom((6, 12, 12)), series="s0", photometric="MONOCHROME1",
+                       identity={"PatientID": "P0"})
+    shutil.copy(tmp_path / "m1" / "s0_003.dcm", mixed / "case0" / "s0_003.dcm")  # one inverted slice
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "dicom", "--data-dir", str(mixed), "--dimensions", "3", "--arch", "conv3d",
+                 "--no-class-folders", "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mixes MONOCHROME1 and MONOCHROME2" in err[0] and not out.exists()
