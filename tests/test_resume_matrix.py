@@ -291,7 +291,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, datasets, no_f
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _slow_cases(), ids=_id)
-def test_sigkill_resume_over_the_whole_registry_cross_product(tmp_path, datasets, no_figures, case):
+def test_sigkill_resume_over_every_pair_of_registry_entries(tmp_path, datasets, no_figures, case):
     killed_and_resumed_equals_uninterrupted(tmp_path, datasets[data_kind(case)], case_flags(case, tmp_path))
 
 

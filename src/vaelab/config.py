@@ -533,9 +533,9 @@ class RunConfig:
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
-        if self.train.objective == "beta-tc" and (self.model.prior != "normal" or self.model.posterior != "diagonal"
-                                                  or self.model.stochastic_layers != 1
-                                                  or self.model.task != "generate"):
+        plain_latent = (self.model.prior == "normal" and self.model.posterior == "diagonal"
+                        and self.model.stochastic_layers == 1 and self.model.task == "generate")
+        if self.train.objective == "beta-tc" and not plain_latent:
             problems.append("--objective beta-tc splits the KL per latent dimension: it needs --prior normal, "
                             "--posterior diagonal and one stochastic layer")
         spatial = self.data.dimensions if self.model.image_shape is None else len(self.model.image_shape) - 1
