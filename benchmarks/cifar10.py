@@ -129,7 +129,8 @@ def main() -> None:
     p.add_argument("--iw-samples", type=int, default=10, help="K of the bound L_K (default 10)")
     p.add_argument("--batch-size", type=int, default=50, help="test images per batch")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-minutes", type=float, help="stop training after this long, at the last whole epoch")
+    p.add_argument("--max-minutes", type=float, help="stop training after this long and finish the epoch in progress "
+                   "from its last checkpoint (every 25 steps)")
     p.add_argument("--figures", help="write <name>-reconstructions.png and <name>-samples.png here")
     p.add_argument("--quick", action="store_true", help="tiny data, one epoch: a check that the script runs")
     args = p.parse_args()
@@ -151,6 +152,11 @@ def main() -> None:
         default_out = tmp / "run" if args.quick else Path(f"runs/cifar10-{args.name}")
         run = Path(args.run) if args.run else Path(args.out or default_out)
         if not args.run:
+            if args.max_minutes is not None and "--checkpoint-every" not in flags:
+                # A kill at the time limit then loses at most 25 steps: the run is finished from the
+                # last mid-epoch checkpoint, not by training its first epoch again from step 0 (one
+                # epoch of the ResNet on 50,000 images can itself take longer than the budget).
+                flags = [*flags, "--checkpoint-every", "25"]
             command = [sys.executable, "-m", "vaelab", "train", "--dataset", "folder", "--data-dir", str(train_dir),
                        "--image-size", "32", "--channels", "3", "--threads", str(args.threads), *flags,
                        "--out", str(run), "--quiet"]
