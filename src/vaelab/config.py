@@ -486,8 +486,10 @@ class RunConfig:
         problems = self.data.problems() + self.model.problems() + self.train.problems()
         if self.model.conditional and self.model.num_classes == 1:
             problems.append("a conditional model needs a labelled dataset with at least 2 classes")
-        if self.train.objective == "beta-tc" and (self.model.prior != "normal" or self.model.posterior != "diagonal"
-                                                  or self.model.stochastic_layers != 1 or self.model.task != "generate"):
+        if self.train.objective == "beta-tc" and (self.model.prior != "normal"
+                                                  or self.model.posterior != "diagonal"
+                                                  or self.model.stochastic_layers != 1
+                                                  or self.model.task != "generate"):
             problems.append("--objective beta-tc splits the KL per latent dimension: it needs --prior normal, "
                             "--posterior diagonal and one stochastic layer")
         if self.weights == "ema" and not self.train.ema_decay:
