@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# ../shared/datasets next to the checkout (a worktree one level deeper finds it one level up)
+SHARED = next((p / "shared" / "datasets" for p in Path(__file__).resolve().parents[1:4]
+               if (p / "shared" / "datasets").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "datasets")
 MNIST_DIR = SHARED / "mnist"
 CIFAR_DIR = SHARED / "cifar10-jpeg"
 # One-Class Deep SVDD, MNIST AUROC (%) per normal digit, Ruff et al. 2018 (ICML), Table 1, as
