@@ -328,7 +328,14 @@ def load_units(kind: str, cfg: DataConfig, root: Path, files: list[Path], params
                                        "class_folders": cfg.class_folders, "split_seed": cfg.split_seed,
                                        "val_fraction": cfg.val_fraction, "test_fraction": TEST_FRACTION,
                                        "decoder": DECODER_VERSION})
-    cached = load_cached(key, build, what=f"--dataset {kind}", enabled=cfg.cache)
+    return cached_units(kind, key, build, f"--dataset {kind}", cfg.cache)
+
+
+def cached_units(kind: str, key: CacheKey, build: Callable[[SplitWriter], tuple[list[str], dict[str, Any]]],
+                 what: str, enabled: bool) -> ImageData:
+    """The splits `build` writes, through the decoded-image cache, with one note line counting what
+    its scan skipped (the counts are kept in the cache, so a cache hit reports them too)."""
+    cached = load_cached(key, build, what=what, enabled=enabled)
     skipped = {k: int(v) for k, v in cached.extra.get("skipped", {}).items() if v}
     if skipped:
         note(f"{kind}: skipped " + ", ".join(f"{v} {k}" for k, v in skipped.items()))

@@ -33,13 +33,14 @@ import numpy as np
 
 from vaelab.config import DataConfig
 from vaelab.data.base import ImageData
-from vaelab.data.cache import CacheKey, SplitWriter, load_cached, note
+from vaelab.data.cache import CacheKey, SplitWriter
 from vaelab.data.medical import (
     DECODER_VERSION,
     PERCENTILES,
     TEST_FRACTION,
     Window,
     bids_subject,
+    cached_units,
     check_finite,
     fixed_window,
     relative,
@@ -171,12 +172,7 @@ def load_volume_units(kind: str, cfg: DataConfig, root: Path, files: list[Path],
         "sample_voxels": SAMPLE_VOXELS, "class_folders": cfg.class_folders, "split_seed": cfg.split_seed,
         "val_fraction": cfg.val_fraction, "test_fraction": TEST_FRACTION, "decoder": DECODER_VERSION,
         "volumes": VOLUME_VERSION})
-    cached = load_cached(key, build, what=f"--dataset {kind} --dimensions 3", enabled=cfg.cache)
-    skipped = {k: int(v) for k, v in cached.extra.get("skipped", {}).items() if v}
-    if skipped:
-        note(f"{kind}: skipped " + ", ".join(f"{v} {k}" for k, v in skipped.items()))
-    s = cached.splits
-    return ImageData(kind, s["train"], s["val"], s["test"], cached.class_names)
+    return cached_units(kind, key, build, f"--dataset {kind} --dimensions 3", cfg.cache)
 
 
 # ---- the two formats --------------------------------------------------------------------------
