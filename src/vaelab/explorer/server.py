@@ -80,6 +80,19 @@ PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the decoded 
 ERRORS = {code: {"model": ErrorMessage} for code in (404, 413, 422)}
 
 
+def guard_app(app: FastAPI, max_upload_bytes: int, allowed_hosts: Optional[Sequence[str]]) -> None:
+    """What every explorer app shares: the body limit, the security headers, the Host check
+    against DNS rebinding, one-line JSON errors and the static files."""
+    # The body may exceed the file by the multipart framing; the file itself is checked exactly.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes + 64 * 1024,
+                       message=f"request body too large: uploads are limited to {max_upload_bytes} bytes")
+    app.add_middleware(SecurityHeadersMiddleware)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    _add_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
 def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = None,
                data_dir: Optional[str | Path] = None, device: str | torch.device = "cpu",
                max_points: int = DEFAULT_MAX_POINTS, slider_dims: int = DEFAULT_SLIDER_DIMS,
@@ -126,14 +139,7 @@ def create_app(source, *, split=None, class_names: Optional[Sequence[str]] = Non
                               "the schema is at /openapi.json.")
     app.state.session = session
     app.state.batcher = batcher
-    # The body may exceed the file by the multipart framing; the file itself is checked exactly.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes + 64 * 1024,
-                       message=f"request body too large: uploads are limited to {max_upload_bytes} bytes")
-    app.add_middleware(SecurityHeadersMiddleware)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    _add_error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    guard_app(app, max_upload_bytes, allowed_hosts)
     map_response = JSONResponse(_map_payload(session))  # rendered once: the map never changes
 
     @app.get("/", include_in_schema=False)

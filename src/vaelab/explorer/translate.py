@@ -28,9 +28,7 @@ from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from vaelab.data.images import decode_image
 from vaelab.errors import DataError, VaelabError
@@ -214,12 +212,7 @@ def create_translate_app(model, *, name: str = "model", run_dir: Optional[Path] 
                          allowed_hosts=None) -> FastAPI:
     """The explorer app of a translate run (see the module docstring); `examples` (EvalPairs)
     replaces the run's test split."""
-    from vaelab.explorer.server import (
-        STATIC_DIR,
-        BodyLimitMiddleware,
-        SecurityHeadersMiddleware,
-        _add_error_handlers,
-    )
+    from vaelab.explorer.server import STATIC_DIR, guard_app
 
     note = None
     if examples is None:
@@ -230,13 +223,7 @@ def create_translate_app(model, *, name: str = "model", run_dir: Optional[Path] 
                   description="Translate uploaded or test images with an image-to-image run: the mean prediction, "
                               "samples, the uncertainty map and the prediction along z ~ p(z | input).")
     app.state.session = session
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes + 64 * 1024,
-                       message=f"request body too large: uploads are limited to {max_upload_bytes} bytes")
-    app.add_middleware(SecurityHeadersMiddleware)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    _add_error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    guard_app(app, max_upload_bytes, allowed_hosts)
     from vaelab.explorer.schemas import ErrorMessage
 
     responses = {code: {"model": ErrorMessage} for code in (404, 413, 422)}
