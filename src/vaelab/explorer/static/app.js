@@ -6,6 +6,8 @@
 //   z' = z + (u, v)·C − ((z − center)·Cᵀ)·C        (C: the 2×D projection, orthonormal rows)
 // which is `vaelab.latent.Projection.inverse(coords, base=z)`.
 
+import {latestWins} from "/static/latest.js";
+
 const $ = (sel, root = document) => root.querySelector(sel);
 
 const state = {
@@ -45,26 +47,6 @@ const postJSON = (path, body) => api(path, {
 const fmt = (v) => (v >= 0 ? " " : "") + v.toFixed(2);
 const clampZ = (v) => Math.max(-state.meta.z_limit, Math.min(state.meta.z_limit, v));
 
-// Runs `fn(arg)` with at most one call in flight; while one runs, only the latest argument is
-// kept. A slider dragged fast thus never queues stale decodes behind the current one.
-function latestWins(fn) {
-  let running = false;
-  let pending = null;
-  return (arg) => {
-    pending = {arg};
-    if (running) return;
-    running = true;
-    (async () => {
-      while (pending) {
-        const {arg: next} = pending;
-        pending = null;
-        try { await fn(next); } catch (err) { status(err.message, true); }
-      }
-      running = false;
-    })();
-  };
-}
-
 async function drawPng(canvas, response) {
   const bitmap = await createImageBitmap(await response.blob());
   const ctx = canvas.getContext("2d");
@@ -84,11 +66,11 @@ function decodeBody(z) {
 const decodeMain = latestWins(async (z) => {
   await drawPng($("#decoded"), await postJSON("/api/decode", decodeBody(z)));
   $("#z-readout").textContent = "z = [" + z.slice(0, 8).map(fmt).join(",") + (z.length > 8 ? ", …" : "") + "]";
-});
+}, status);
 
 const decodeInterp = latestWins(async (z) => {
   await drawPng($("#interp-out"), await postJSON("/api/decode", decodeBody(z)));
-});
+}, status);
 
 // ---- projection ----------------------------------------------------------------------------------
 

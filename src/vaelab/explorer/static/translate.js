@@ -3,27 +3,11 @@
 // test) input's mean prediction, a strip of samples z ~ p(z | input), the uncertainty map, and one
 // slider per latent dimension over z = μ + σ·ε of the prior net (the sliders set ε).
 
+import {latestWins} from "/static/latest.js";
+
 const $ = (sel, root = document) => root.querySelector(sel);
 
 const state = {meta: null, token: null, prior: null, eps: [], result: null};
-
-function latestWins(fn, status) {
-  let running = false;
-  let pending = null;
-  return (arg) => {
-    pending = {arg};
-    if (running) return;
-    running = true;
-    (async () => {
-      while (pending) {
-        const {arg: next} = pending;
-        pending = null;
-        try { await fn(next); } catch (err) { status(err.message, true); }
-      }
-      running = false;
-    })();
-  };
-}
 
 const fmt = (v) => (v >= 0 ? " " : "") + v.toFixed(2);
 const gaussian = () => Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
