@@ -82,6 +82,7 @@ def test_bernoulli_on_grey_values_gets_no_bits_per_dim_and_on_binary_data_the_ex
     assert "binarize" in grey["bits_per_dim_note"]
     binary = evaluate_split(model, Split(images), iw_samples=3, dynamic_binarize=True)
     assert binary["bits_per_dim_kind"] == "exact"
+    assert "binarised" in binary["bits_per_dim_note"] and "8-bit data" not in binary["bits_per_dim_note"]
     assert binary["bits_per_dim"] == pytest.approx(1.0)  # logits 0: every binary pixel has probability 1/2
     static = evaluate_split(model, Split((images > 127).to(torch.uint8) * 255), iw_samples=3, binarized=True)
     assert static["bits_per_dim"] == pytest.approx(1.0)

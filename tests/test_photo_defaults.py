@@ -20,7 +20,7 @@ def _show(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("dataset", ["folder", "npz"])
+@pytest.mark.parametrize("dataset", ["folder", "npz", "dicom", "nifti"])
 def test_photo_datasets_get_their_defaults_under_every_explicit_setting(dataset, capsys, tmp_path):
     model = _show(capsys, "--dataset", dataset)["model"]
     assert (model["arch"], model["latent_dim"], model["likelihood"], model["gaussian_variance"]) == \
@@ -35,6 +35,15 @@ def test_photo_datasets_get_their_defaults_under_every_explicit_setting(dataset,
     exp.write_text(f'[data]\ndataset = "{dataset}"\n[model]\nlatent_dim = 8\n')
     from_file = _show(capsys, "--config", str(exp))["model"]
     assert (from_file["arch"], from_file["latent_dim"], from_file["gaussian_variance"]) == ("resnet", 8, "optimal")
+
+
+@pytest.mark.parametrize("dataset", ["dicom", "nifti"])
+def test_volumes_get_the_same_defaults_on_the_3d_network(dataset, capsys):
+    model = _show(capsys, "--dataset", dataset, "--dimensions", "3")["model"]
+    assert (model["arch"], model["latent_dim"], model["likelihood"], model["gaussian_variance"]) == \
+        ("conv3d", 64, "gaussian", "optimal")
+    given = _show(capsys, "--dataset", dataset, "--dimensions", "3", "--arch", "mlp")["model"]
+    assert (given["arch"], given["latent_dim"]) == ("mlp", 64)
 
 
 def test_mnist_digits_and_the_paper_preset_keep_the_papers_criterion(capsys):

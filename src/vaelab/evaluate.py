@@ -13,15 +13,15 @@ K draws; each chunk decodes k draws of every image of the batch in one call (k·
 decoder runs under `torch.inference_mode`, in `decoder_precision` (bfloat16 only where the
 hardware has it and it keeps L_K within 0.05 nats of float32, tests/test_eval.py), and a loaded
 conv model has channels-last weights on a CPU (`vaelab.models.use_fast_memory_format`).
-Bits per dimension (`bits_per_dim_protocol`): every dataset is 8-bit (uint8 pixels k, shown to
-the model as k/255). For a discrete likelihood (logistic, logistic-mixture; bernoulli on
-binarised data) -L_K is a bound on -log P(x) of the data itself, so bits/dim = nll / (D ln 2),
-D = values per image. A Gaussian is a density on [0, 1]: the standard uniform-dequantization
-bound (Theis et al. 2016; Ho et al. 2019) scores y = (k + u)/256, u ~ U[0, 1)^D, i.e. x + u with
-x = k/256 and u ~ U[0, 1/256)^D: -log P(k) <= E_u[-log p(y)] + D·log 256 for the discrete model
-P(k) = the density's mass over k's cube, so bits/dim <= (-L_K(y) + D ln 256) / (D ln 2), a bound
-(labelled so in eval.json and the table). A bernoulli decoder on grey values is not a likelihood
-of the data: no bits/dim.
+Bits per dimension (`bits_per_dim_protocol`): every dataset is 8-bit (uint8 pixels k, shown to the
+model as k/255). For a discrete likelihood (logistic, logistic-mixture; bernoulli on binarised data)
+-L_K is a bound on -log P(x) of the data itself, so bits/dim = nll / (D ln 2), D = values per image
+(for binarised data, of the binarised pixels: one bit each, labelled so). A Gaussian is a density on
+[0, 1]: the standard uniform-dequantization bound (Theis et al. 2016; Ho et al. 2019) scores y = (k
++ u)/256, u ~ U[0, 1)^D, i.e. x + u with x = k/256 and u ~ U[0, 1/256)^D: -log P(k) <= E_u[-log
+p(y)] + D·log 256 for the discrete model P(k) = the density's mass over k's cube, so bits/dim <=
+(-L_K(y) + D ln 256) / (D ln 2), a bound (labelled so in eval.json and the table). A bernoulli
+decoder on grey values is not a likelihood of the data: no bits/dim.
 
 All functions fix their own random seed inside `torch.random.fork_rng`, so evaluating never
 disturbs the training RNG (a resumed run stays bit-identical) and repeated evaluations of the
@@ -67,6 +67,8 @@ DENSITY_NOTE = ("gaussian likelihood: a density on [0, 1] pixel values, not comp
 # bits_per_dim_protocol -> (bits_per_dim_kind in eval.json, what it means)
 BITS_PER_DIM_PROTOCOLS = {
     "discrete": ("exact", "-L_K / (D ln 2): the model's discrete log-likelihood of the 8-bit data"),
+    "binarized": ("exact", "-L_K / (D ln 2): the model's log-likelihood of the binarised data (one bit a "
+                           "pixel, not the 8-bit grey values)"),
     "dequantized": ("bound", "upper bound by uniform dequantization: (-L_K(x + u) + D ln 256) / (D ln 2), "
                              "x = k/256, u ~ U[0, 1/256)^D"),
     "none": (None, "a bernoulli decoder on grey values is not a likelihood of the data (train with "
@@ -218,10 +220,13 @@ def _elbo_parts(model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], posterio
 
 def bits_per_dim_protocol(likelihood, binarized: bool) -> str:
     """How bits/dim is computed for a likelihood on 8-bit data (see the module docstring): 'discrete'
-    (exact), 'dequantized' (a bound, for densities) or 'none' (bernoulli on grey values)."""
+    (exact, over the 256 values), 'binarized' (exact, of the binarised pixels), 'dequantized' (a
+    bound, for densities) or 'none' (bernoulli on grey values)."""
     if not likelihood.discrete:
         return "dequantized"
-    return "discrete" if likelihood.levels >= 256 or binarized else "none"
+    if likelihood.levels >= 256:
+        return "discrete"
+    return "binarized" if binarized else "none"
 
 
 def dequantize(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -307,6 +312,7 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
     n_active, unit_variance = active_units(torch.cat(means))
     kind, meaning = BITS_PER_DIM_PROTOCOLS[protocol]
     bits = {"discrete": -bound_mean / (pixels * math.log(2)),
+            "binarized": -bound_mean / (pixels * math.log(2)),
             "dequantized": (-deq_mean + pixels * math.log(256)) / (pixels * math.log(2)),
             "none": None}[protocol]
     result: dict[str, Any] = {

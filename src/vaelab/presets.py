@@ -7,7 +7,8 @@
   batch 20, learning rate 1e-3 * 10^(-i/7) for 3^i passes, i = 0..7 (3280 passes). `--epochs E`
   scales every segment by E / 3280, keeping the shape of the schedule.
 
-`DATASET_DEFAULTS`: what a folder or npz of 8-bit photographs or scans trains with when the
+`DATASET_DEFAULTS`: what a folder or npz of 8-bit photographs or scans (and DICOM / NIfTI slices;
+`VOLUME_DEFAULTS` for their volumes) trains with when the
 settings do not say otherwise (`vaelab train` / `vaelab config` apply them under the preset, the
 config file and the flags: dataclass defaults < dataset kind < preset < file < flags; the resolved
 values are written to config.json). The fixed-std Gaussian of the paper weighs the
@@ -71,4 +72,17 @@ PHOTO_DEFAULTS: dict[str, Any] = {
     "model.gaussian_variance": "optimal",
 }
 
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"folder": PHOTO_DEFAULTS, "npz": PHOTO_DEFAULTS}
+# Volumes (`--dimensions 3` on dicom or nifti): the same reasoning in 3-D; the ResNet is 2-D only,
+# so the 3-D convolutional network (models/conv3d.py).
+VOLUME_DEFAULTS: dict[str, Any] = {**PHOTO_DEFAULTS, "model.arch": "conv3d"}
+
+# Slices of scans (dicom, nifti with --dimensions 2, the default) are images like any other.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"folder": PHOTO_DEFAULTS, "npz": PHOTO_DEFAULTS,
+                                               "dicom": PHOTO_DEFAULTS, "nifti": PHOTO_DEFAULTS}
+
+
+def dataset_defaults(dataset: Any, dimensions: Any = 2) -> dict[str, Any]:
+    """The defaults of a dataset kind (a copy): DATASET_DEFAULTS, or VOLUME_DEFAULTS for volumes."""
+    if not isinstance(dataset, str) or dataset not in DATASET_DEFAULTS:
+        return {}
+    return dict(VOLUME_DEFAULTS if dimensions == 3 and dataset in ("dicom", "nifti") else DATASET_DEFAULTS[dataset])

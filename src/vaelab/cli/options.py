@@ -1,7 +1,7 @@
 """The table of training flags: each `--flag` is one dotted config key (also its TOML key).
 
-Precedence, lowest first: dataclass defaults < the dataset kind's defaults (`presets.DATASET_DEFAULTS`:
-folder and npz data) < `--preset` < `--config FILE` < explicit flags.
+Precedence, lowest first: dataclass defaults < the dataset kind's defaults (`presets.dataset_defaults`:
+folder, npz, dicom and nifti data) < `--preset` < `--config FILE` < explicit flags.
 A config file is TOML (`[data]`, `[model]`, `[train]` tables whose keys are the dataclass field
 names, e.g. `[model] latent_dim = 8`) or JSON of the same shape, so a run's own `config.json`
 is a valid config file and `vaelab train --config RUN/config.json` repeats that run.
@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from vaelab.config import CONFIG_VERSION, DataConfig, RunConfig, TrainConfig, upgrade_raw
 from vaelab.errors import ConfigError
-from vaelab.presets import DATASET_DEFAULTS, PRESETS
+from vaelab.presets import PRESETS, dataset_defaults
 
 SECTIONS = ("data", "model", "train")
 # A saved run config carries these; they are facts about the run, not settings to carry over
@@ -368,7 +368,7 @@ def with_dataset_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     A default `model.gaussian_variance` is only taken for the Gaussian likelihood and without an
     explicit `model.gaussian_std` (a std given is a fixed std)."""
     dataset = flat.get("data.dataset", DataConfig().dataset)
-    defaults = dict(DATASET_DEFAULTS.get(dataset, {})) if isinstance(dataset, str) else {}
+    defaults = dataset_defaults(dataset, flat.get("data.dimensions", DataConfig().dimensions))
     if flat.get("model.likelihood", defaults.get("model.likelihood")) != "gaussian" or "model.gaussian_std" in flat:
         defaults.pop("model.gaussian_variance", None)
     return {**defaults, **flat}
