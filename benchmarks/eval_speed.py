@@ -3,7 +3,8 @@
 `--arch conv` times vaelab's default conv model instead (layout `transposed`, 32-64-128, latent
 16, Bernoulli; channels-last weights as `vaelab.load` lays them out). Target (issue 17): L_5000
 over the 10k test images in at most 1 hour on 2 CPU cores. `--levers` also times, on the first
-`--lever-images` images, each evaluation lever alone: memory format, latents per chunk, bf16.
+`--lever-images` images, each evaluation lever alone: memory format, latents per chunk, bf16, the
+last layer's GEMM.
 
 Times exactly what `vaelab eval` spends on likelihoods (`vaelab.evaluate.evaluate_split`: the
 ELBO with 10 draws per image, L_K with K = 5000 in chunks, the posterior means for active units)
@@ -54,21 +55,25 @@ def levers(model, split, iw_samples: int) -> None:
     import statistics
 
     from vaelab.evaluate import evaluate_split
+    from vaelab.models.conv import OutputConvTranspose2d
 
     contiguous = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     default_chunk = getattr(model.decoder, "chunk_samples", None)
     variants = {"default": (model, None, "auto"), "contiguous (NCHW) weights": (contiguous, None, "auto"),
                 "2048 latents a chunk": (model, 2048, "auto"), "8192 latents a chunk": (model, 8192, "auto"),
-                "128 latents a chunk": (model, 128, "auto"), "bf16 decoder": (model, None, "bf16")}
+                "128 latents a chunk": (model, 128, "auto"), "bf16 decoder": (model, None, "bf16"),
+                "last layer on oneDNN (no GEMM)": (model, None, "auto")}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(3):
         for name, (m, chunk, precision) in variants.items():
             if chunk is not None:
                 m.decoder.chunk_samples = {"cpu": chunk}
+            OutputConvTranspose2d.use_gemm = not name.startswith("last layer on oneDNN")
             started = time.perf_counter()
             evaluate_split(m, split, iw_samples=iw_samples, dynamic_binarize=True, precision=precision)
             times[name].append(time.perf_counter() - started)
             m.decoder.chunk_samples = default_chunk
+            OutputConvTranspose2d.use_gemm = True
     base = statistics.median(times["default"])
     for name, t in times.items():
         print(f"  {name:28s} {statistics.median(t):7.2f} s  {statistics.median(t) / base:5.2f}x the default")

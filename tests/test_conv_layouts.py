@@ -92,3 +92,38 @@ def test_default_conv_network_has_the_size_of_monais_var_autoencoder():
                           image_shape=[1, 28, 28])
         sizes[layout] = sum(p.numel() for p in VAE(cfg).parameters())
     assert sizes == {"transposed": 285_601, "resize": 1_257_921}
+
+
+@pytest.mark.parametrize("shape,likelihood", [([1, 28, 28], "bernoulli"), ([3, 32, 32], "gaussian"),
+                                              ([1, 13, 9], "logistic"), ([3, 16, 16], "logistic-mixture")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_last_transposed_conv_in_inference_mode_equals_onednn(shape, likelihood, channels_last):
+    """In inference mode on a CPU the decoder's last layer is one GEMM + col2im (few output
+    channels); it must compute what oneDNN's transposed convolution computes, for odd sizes and
+    either memory format, and leave the mixture's many channels to oneDNN."""
+    from vaelab.models.conv import OutputConvTranspose2d
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(arch="conv", latent_dim=6, likelihood=likelihood, image_shape=shape))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    last = model.decoder.convs[-1]
+    assert isinstance(last, OutputConvTranspose2d)
+    z = torch.randn(2, 5, 6)  # (K, B, D), as L_K decodes
+    with torch.no_grad():  # not inference mode: oneDNN
+        reference = model.decoder(z, None)
+    import vaelab.models.conv as conv_module
+
+    calls = []
+    gemm = conv_module._conv_transpose_gemm
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv_module, "_conv_transpose_gemm", lambda x, c: calls.append(1) or gemm(x, c))  # a spy
+        fast = model.decoder(z, None)
+        h = model.decoder.convs[:-1](model.decoder.dense(z.reshape(10, 6)).unflatten(-1, model.decoder.start_shape))
+        direct = torch.nn.functional.conv_transpose2d(h, last.weight, last.bias, last.stride, last.padding,
+                                                      last.output_padding)
+    assert fast.shape == reference.shape == (2, 5, last.out_channels, *shape[1:])
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.reshape(10, *fast.shape[2:]), direct, atol=1e-5, rtol=1e-5)
+    uses_gemm = last.out_channels <= OutputConvTranspose2d.GEMM_MAX_CHANNELS
+    assert uses_gemm == (likelihood != "logistic-mixture") == (len(calls) == 1)

@@ -82,6 +82,49 @@ def _resize_stages(channels: list[int], sizes: list[tuple[int, int]], out_channe
     return layers
 
 
+class OutputConvTranspose2d(nn.ConvTranspose2d):
+    """The decoder's last transposed convolution, to the likelihood's few raw channels.
+
+    oneDNN's transposed convolution vectorises over output channels, so with 1-3 of them it runs at
+    a fraction of its speed: on 2 Ice Lake cores the 32 -> 1 layer of the MNIST decoder took as long
+    as the 128 -> 64 one with 20x its multiply-adds. In inference mode on a CPU (L_K, sampling, the
+    explorer) this layer is therefore computed as one GEMM, x (N·H·W, C_in) @ W (C_in, k·k·C_out),
+    whose k·k shifted blocks are added into the output at stride s (col2im): ~3x faster for 1-2
+    channels (benchmarks/eval_speed.py --levers). Training keeps oneDNN (autograd through the
+    strided adds is slower there), and the values agree to float rounding (tests/test_conv_layouts.py).
+    The parameters are the ConvTranspose2d's own: checkpoints do not change.
+    """
+
+    GEMM_MAX_CHANNELS = 3  # measured faster up to here; 6 and more channels were slower
+    use_gemm = True  # class switch for the benchmark's lever (eval_speed.py --levers)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (output_size is not None or not self.use_gemm or x.device.type != "cpu" or x.dim() != 4
+                or self.out_channels > self.GEMM_MAX_CHANNELS or not torch.is_inference_mode_enabled()
+                or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+            return super().forward(x, output_size)
+        return _conv_transpose_gemm(x, self)
+
+
+def _conv_transpose_gemm(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """conv(x) for a ConvTranspose2d (groups 1, dilation 1) as one GEMM + col2im; x (N, C_in, H, W)
+    in any memory format -> (N, C_out, H_out, W_out), channels-last."""
+    n, c_in, h, w = x.shape
+    _, c_out, kh, kw = conv.weight.shape  # (C_in, C_out, kh, kw)
+    (sh, sw), (ph, pw), (oh, ow) = conv.stride, conv.padding, conv.output_padding
+    cols = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in) @ conv.weight.permute(0, 2, 3, 1).reshape(c_in, -1)
+    cols = cols.view(n, h, w, kh, kw, c_out)
+    # the output before cropping the padding: input pixel (i, j) tap (a, b) lands at (i·s + a, j·s + b)
+    full = x.new_zeros(n, (h - 1) * sh + kh + oh, (w - 1) * sw + kw + ow, c_out)
+    for a in range(kh):
+        for b in range(kw):
+            full[:, a : a + sh * (h - 1) + 1 : sh, b : b + sw * (w - 1) + 1 : sw] += cols[:, :, :, a, b]
+    out = full[:, ph : full.shape[1] - ph, pw : full.shape[2] - pw]  # (N, H_out, W_out, C_out)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out.permute(0, 3, 1, 2)
+
+
 def _transposed_stages(channels: list[int], sizes: list[tuple[int, int]], out_channels: int,
                        act: type[nn.Module]) -> list[nn.Module]:
     """`transposed`: per stage a stride-2 3×3 transposed conv (+ act but after the last); a
@@ -91,8 +134,9 @@ def _transposed_stages(channels: list[int], sizes: list[tuple[int, int]], out_ch
     outs = [*channels[1:], out_channels]
     for i, (c_in, c_out) in enumerate(zip(channels, outs)):
         (h, w), (th, tw) = sizes[i], sizes[i + 1]
-        layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1,
-                                         output_padding=(th - 2 * h + 1, tw - 2 * w + 1)))
+        last = i + 1 == len(channels)
+        layers.append((OutputConvTranspose2d if last else nn.ConvTranspose2d)(
+            c_in, c_out, 3, stride=2, padding=1, output_padding=(th - 2 * h + 1, tw - 2 * w + 1)))
         if i + 1 < len(channels):
             layers.append(act())
     return layers
