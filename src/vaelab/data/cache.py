@@ -83,9 +83,12 @@ class CacheKey:
     def digest(self) -> str:
         """SHA-256 over the parameters and every file's relative path, size and mtime (ns)."""
         h = hashlib.sha256(json.dumps([FORMAT, self.kind, self.params], sort_keys=True).encode())
+        prefix = os.path.join(str(self.root), "")  # "root/": the relative path by slicing, not pathlib
         for path in self.files:
-            st = path.stat()
-            rel = path.relative_to(self.root).as_posix()
+            text = str(path)
+            st = os.stat(text)
+            rel = (text[len(prefix):].replace(os.sep, "/") if text.startswith(prefix)
+                   else path.relative_to(self.root).as_posix())
             h.update(f"{len(rel)}:{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 

@@ -9,6 +9,7 @@ once and cached (see `cache.py`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +24,23 @@ TEST_FRACTION = 0.1
 DEFAULT_SIZE = 28
 
 
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _visible(folder: Path) -> list[os.DirEntry]:
+    """The folder's entries but hidden ones, sorted by name. `os.scandir` knows each entry's type
+    without a stat call: on the 50,000 files of CIFAR-10 pathlib's listing, sorting and stat-ing
+    were most of the time a cached dataset took to open."""
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = [p for p in _visible(folder) if p.is_file()]
-    bad = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+def _image_files(folder: Path, entries: list[os.DirEntry] | None = None) -> list[Path]:
+    files = [e for e in (_visible(folder) if entries is None else entries) if e.is_file()]
+    bad = [e for e in files if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS]
     if bad:
         raise DataError(
-            f"{bad[0]} is not an image file ({len(bad)} such file(s) in {folder}); "
+            f"{folder / bad[0].name} is not an image file ({len(bad)} such file(s) in {folder}); "
             f"allowed: {', '.join(IMAGE_EXTENSIONS)}"
         )
-    return files
+    return [folder / e.name for e in files]
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
@@ -43,8 +48,8 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder")
     entries = _visible(root)
-    subdirs = [p for p in entries if p.is_dir()]
-    top_files = _image_files(root)
+    subdirs = [root / e.name for e in entries if e.is_dir()]
+    top_files = _image_files(root, entries)
     if subdirs and top_files:
         raise DataError(
             f"{root} mixes images and sub-folders; put all images in class sub-folders or none"
@@ -57,9 +62,10 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     labels: list[int] = []
     class_names = [d.name for d in subdirs]
     for label, sub in enumerate(subdirs):
-        if any(p.is_dir() for p in _visible(sub)):
+        sub_entries = _visible(sub)
+        if any(e.is_dir() for e in sub_entries):
             raise DataError(f"{sub} contains sub-folders; only one level of class folders is supported")
-        sub_files = _image_files(sub)
+        sub_files = _image_files(sub, sub_entries)
         files += sub_files
         labels += [label] * len(sub_files)
     if not files:
