@@ -311,10 +311,9 @@ def _evaluate_split(model: VAE, split: Split, iw_samples: int, batch_size: int, 
     variance = max(sq_bound / max(count, 1) - bound_mean**2, 0.0)
     n_active, unit_variance = active_units(torch.cat(means))
     kind, meaning = BITS_PER_DIM_PROTOCOLS[protocol]
-    bits = {"discrete": -bound_mean / (pixels * math.log(2)),
-            "binarized": -bound_mean / (pixels * math.log(2)),
-            "dequantized": (-deq_mean + pixels * math.log(256)) / (pixels * math.log(2)),
-            "none": None}[protocol]
+    bits = {"exact": -bound_mean / (pixels * math.log(2)),
+            "bound": (-deq_mean + pixels * math.log(256)) / (pixels * math.log(2)),
+            None: None}[kind]
     result: dict[str, Any] = {
         "num_images": count,
         "neg_elbo": recon_mean + kl_mean,

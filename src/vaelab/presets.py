@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vaelab.config import VOLUME_DATASETS
+
 IWAE_PAPER_EPOCHS = sum(3**i for i in range(8))  # 3280
 
 
@@ -85,4 +87,4 @@ def dataset_defaults(dataset: Any, dimensions: Any = 2) -> dict[str, Any]:
     """The defaults of a dataset kind (a copy): DATASET_DEFAULTS, or VOLUME_DEFAULTS for volumes."""
     if not isinstance(dataset, str) or dataset not in DATASET_DEFAULTS:
         return {}
-    return dict(VOLUME_DEFAULTS if dimensions == 3 and dataset in ("dicom", "nifti") else DATASET_DEFAULTS[dataset])
+    return dict(VOLUME_DEFAULTS if dimensions == 3 and dataset in VOLUME_DATASETS else DATASET_DEFAULTS[dataset])

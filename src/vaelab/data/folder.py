@@ -32,8 +32,9 @@ def _visible(folder: Path) -> list[os.DirEntry]:
         return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _image_files(folder: Path, entries: list[os.DirEntry] | None = None) -> list[Path]:
-    files = [e for e in (_visible(folder) if entries is None else entries) if e.is_file()]
+def _image_files(folder: Path, entries: list[os.DirEntry]) -> list[Path]:
+    """The image files among `folder`'s `entries` (from `_visible`); any other file is an error."""
+    files = [e for e in entries if e.is_file()]
     bad = [e for e in files if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS]
     if bad:
         raise DataError(
